@@ -1,0 +1,36 @@
+# molmo-jax: `make demo` runs the main job, `make test` the test suite (both set up .venv first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-slow golden demo bench lint
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests yet"; exit 0; fi; exit $$rc
+
+golden: $(STAMP)
+	$(PY) -m pytest -q -m golden
+
+demo: $(STAMP)
+	@echo "make demo will: generate synthetic PixMo-style data, train a tiny Molmo (stage 1 + 2),"
+	@echo "evaluate it against a blank-image control and write a report to demo_out/."
+	@echo "It is not built yet."
+	@exit 1
+
+bench: $(STAMP)
+	$(PY) benchmarks/model_step.py
+	$(PY) benchmarks/preprocess.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .

@@ -1,0 +1,38 @@
+"""molmo-jax: Molmo vision-language models in JAX / Flax NNX."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.6,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "ml-collections>=1.0,<2",
+    "absl-py>=2.0,<3",
+    "numpy>=1.26,<3",
+    "scipy>=1.11,<2",
+    "pillow>=10.0,<14",
+    "safetensors>=0.4,<1",
+    "tokenizers>=0.20,<1",
+    "sentencepiece>=0.2,<0.3",
+    "huggingface_hub>=0.24,<3",
+    "tqdm>=4.60,<5",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8,<10", "ruff>=0.6,<1"],
+    "cuda": ["jax[cuda12]>=0.6,<0.11"],
+    "tpu": ["jax[tpu]>=0.6,<0.11"],
+    # Only for reading MolmoE-1B's pickled checkpoint (weights_only) and parity work.
+    "torch": ["torch>=2.4,<2.15"],
+}
+
+setup(
+    name="molmo-jax",
+    version="0.1.0",
+    description="Molmo vision-language models (MolmoE-1B, Molmo-7B-O/D, Molmo-72B) in JAX / Flax NNX",
+    packages=find_packages(include=["molmo_jax", "molmo_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
