@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2,<0.3",
     "huggingface_hub>=0.24,<3",
     "tqdm>=4.60,<5",
+    "editdistance>=0.8,<0.9",
 ]
 
 EXTRAS = {

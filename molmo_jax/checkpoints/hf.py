@@ -82,12 +82,17 @@ def convert_torch_bin(path: Path, out: Path | None = None) -> Path:
         import torch
     except ImportError as e:
         raise CheckpointError(
-            f"{path} is a pickled PyTorch checkpoint; install the optional extra `pip install molmo-jax[torch]` "
+            f"{path} is a pickled PyTorch checkpoint; install the optional extra "
+            "`pip install molmo-jax[torch]` "
             "to convert it once to safetensors"
         ) from e
     state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    arrays = {k: v.detach().to(torch.float32).contiguous().numpy() if v.dtype == torch.bfloat16
-              else v.detach().contiguous().numpy() for k, v in state.items()}
+    arrays = {
+        k: v.detach().to(torch.float32).contiguous().numpy()
+        if v.dtype == torch.bfloat16
+        else v.detach().contiguous().numpy()
+        for k, v in state.items()
+    }
     tmp = out.with_suffix(".tmp")
     save_file(arrays, str(tmp))
     os.replace(tmp, out)
@@ -128,13 +133,17 @@ def load_tensors(
     for rule in rules:
         missing = [n for n in rule.hf if n not in available]
         if missing:
-            raise CheckpointError(f"checkpoint is missing tensor {missing[0]!r}"
-                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            raise CheckpointError(
+                f"checkpoint is missing tensor {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
         arrays = []
         for name, expected in zip(rule.hf, rule.hf_shapes):
             actual = reader.shape(name)
             if actual != tuple(expected):
-                raise CheckpointError(f"tensor {name!r} has shape {actual}, the model expects {tuple(expected)}")
+                raise CheckpointError(
+                    f"tensor {name!r} has shape {actual}, the model expects {tuple(expected)}"
+                )
             arrays.append(reader.get(name))
         used.update(rule.hf)
         for path, value in zip(rule.ours, rule.to_ours(arrays)):
@@ -156,12 +165,18 @@ def load_tensors(
             filled[path] = jax.device_put(np.ascontiguousarray(value).astype(out_dtype, copy=False), sharding)
     unused = sorted(n for n in available - used if not any(n.startswith(p) for p in allow_unused))
     if unused:
-        raise CheckpointError(f"unexpected tensor {unused[0]!r} in checkpoint"
-                              + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""))
-    not_filled = sorted(p for p in flat if p not in filled and not any(p.startswith(a) for a in allow_missing))
+        raise CheckpointError(
+            f"unexpected tensor {unused[0]!r} in checkpoint"
+            + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else "")
+        )
+    not_filled = sorted(
+        p for p in flat if p not in filled and not any(p.startswith(a) for a in allow_missing)
+    )
     if not_filled:
-        raise CheckpointError(f"checkpoint has no tensor for parameter {not_filled[0]!r}"
-                              + (f" (and {len(not_filled) - 1} more)" if len(not_filled) > 1 else ""))
+        raise CheckpointError(
+            f"checkpoint has no tensor for parameter {not_filled[0]!r}"
+            + (f" (and {len(not_filled) - 1} more)" if len(not_filled) > 1 else "")
+        )
     for path, var in flat.items():
         if path in filled:
             var.set_value(filled[path])
@@ -212,7 +227,10 @@ def write_safetensors(
     final = [out_dir / f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     for tmp, dst in zip(files, final):
         os.replace(tmp, dst)
-    index = {"metadata": {"total_size": total}, "weight_map": {k: final[i].name for k, i in sorted(weight_map.items())}}
+    index = {
+        "metadata": {"total_size": total},
+        "weight_map": {k: final[i].name for k, i in sorted(weight_map.items())},
+    }
     (out_dir / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
     return final
 
@@ -270,7 +288,9 @@ def load_pretrained(
     reader = TensorReader.from_dir(folder)
     layout = detect_molmo_layout(reader.names())
     model = abstract_model(config)
-    return load_tensors(model, reader, molmo_rules(config, layout), dtype=dtype, mesh=mesh, axis_rules=axis_rules)
+    return load_tensors(
+        model, reader, molmo_rules(config, layout), dtype=dtype, mesh=mesh, axis_rules=axis_rules
+    )
 
 
 def save_pretrained(

@@ -47,14 +47,17 @@ def linear(hf: str, ours: str, out_dim: int, in_dim: int) -> Rule:
 def heads_out(hf: str, ours: str, d: int, heads: int, head_dim: int) -> Rule:
     """Attention output `[d, heads*hd]` <-> `[heads, hd, d]`."""
     return Rule(
-        (hf,), ((d, heads * head_dim),), (ours,),
+        (hf,),
+        ((d, heads * head_dim),),
+        (ours,),
         lambda a: [a[0].T.reshape(heads, head_dim, d)],
         lambda a: [a[0].reshape(heads * head_dim, d).T],
     )
 
 
-def heads_in(hf: Sequence[str], ours: Sequence[str], d: int, heads: Sequence[int], head_dim: int,
-             bias: bool = False) -> Rule:
+def heads_in(
+    hf: Sequence[str], ours: Sequence[str], d: int, heads: Sequence[int], head_dim: int, bias: bool = False
+) -> Rule:
     """Projections to heads. `hf` is one fused tensor `[sum(heads)*hd, d]` (rows q, k, v) or one tensor
     per output; ours are `[d, heads_i, hd]` kernels or `[heads_i, hd]` biases."""
     sizes = [n * head_dim for n in heads]
@@ -80,7 +83,9 @@ def heads_in(hf: Sequence[str], ours: Sequence[str], d: int, heads: Sequence[int
 def fused_up_gate(hf: str, up: str, gate: str, hidden: int, d: int) -> Rule:
     """`ff_proj` `[2F, d]` with rows [up; gate] <-> up, gate kernels `[d, F]`."""
     return Rule(
-        (hf,), ((2 * hidden, d),), (up, gate),
+        (hf,),
+        ((2 * hidden, d),),
+        (up, gate),
         lambda a: [a[0][:hidden].T, a[0][hidden:].T],
         lambda a: [np.concatenate([a[0].T, a[1].T], axis=0)],
     )
@@ -90,18 +95,28 @@ def stacked_experts(hf: str, ours: str, experts: int, hidden: int, d: int, trans
     """Repo layout `[E*F, d]`: rows e*F:(e+1)*F hold expert e's `[F, d]` weight (w1/v1, ours
     `[E, d, F]`) or, `transposed`, its down-projection already as `[F, d]` (w2, ours `[E, F, d]`)."""
     if transposed:
-        return Rule((hf,), ((experts * hidden, d),), (ours,),
-                    lambda a: [a[0].reshape(experts, hidden, d)],
-                    lambda a: [a[0].reshape(experts * hidden, d)])
-    return Rule((hf,), ((experts * hidden, d),), (ours,),
-                lambda a: [a[0].reshape(experts, hidden, d).transpose(0, 2, 1)],
-                lambda a: [a[0].transpose(0, 2, 1).reshape(experts * hidden, d)])
+        return Rule(
+            (hf,),
+            ((experts * hidden, d),),
+            (ours,),
+            lambda a: [a[0].reshape(experts, hidden, d)],
+            lambda a: [a[0].reshape(experts * hidden, d)],
+        )
+    return Rule(
+        (hf,),
+        ((experts * hidden, d),),
+        (ours,),
+        lambda a: [a[0].reshape(experts, hidden, d).transpose(0, 2, 1)],
+        lambda a: [a[0].transpose(0, 2, 1).reshape(experts * hidden, d)],
+    )
 
 
 def per_expert(hf: Sequence[str], ours: str, out_dim: int, in_dim: int) -> Rule:
     """One Linear weight `[out, in]` per expert <-> stacked kernels `[E, in, out]`."""
     return Rule(
-        tuple(hf), tuple((out_dim, in_dim) for _ in hf), (ours,),
+        tuple(hf),
+        tuple((out_dim, in_dim) for _ in hf),
+        (ours,),
         lambda a: [np.stack([w.T for w in a])],
         lambda a: [w.T for w in a[0]],
     )
@@ -125,13 +140,17 @@ def vision_rules(v: VisionConfig, hf_prefix: str, ours: str = "vision") -> list[
     if v.use_cls_token:
         rules.append(same(f"{p}class_embedding", f"{ours}.class_embedding", (w,)))
     if v.use_pre_norm:
-        rules += [same(f"{p}pre_ln.weight", f"{ours}.pre_ln.scale", (w,)),
-                  same(f"{p}pre_ln.bias", f"{ours}.pre_ln.bias", (w,))]
+        rules += [
+            same(f"{p}pre_ln.weight", f"{ours}.pre_ln.scale", (w,)),
+            same(f"{p}pre_ln.bias", f"{ours}.pre_ln.bias", (w,)),
+        ]
     for i in range(v.num_layers):
         hb, ob = f"{p}transformer.resblocks.{i}.", f"{ours}.blocks.{i}."
         for n in ("wq", "wk", "wv"):
-            rules += [linear(f"{hb}attention.{n}.weight", f"{ob}attention.{n}.kernel", inner, w),
-                      same(f"{hb}attention.{n}.bias", f"{ob}attention.{n}.bias", (inner,))]
+            rules += [
+                linear(f"{hb}attention.{n}.weight", f"{ob}attention.{n}.kernel", inner, w),
+                same(f"{hb}attention.{n}.bias", f"{ob}attention.{n}.bias", (inner,)),
+            ]
         rules += [
             linear(f"{hb}attention.wo.weight", f"{ob}attention.wo.kernel", w, inner),
             same(f"{hb}attention.wo.bias", f"{ob}attention.wo.bias", (w,)),
@@ -141,8 +160,10 @@ def vision_rules(v: VisionConfig, hf_prefix: str, ours: str = "vision") -> list[
             same(f"{hb}feed_forward.w2.bias", f"{ob}mlp.w2.bias", (w,)),
         ]
         for hn, on in (("attention_norm", "attention_norm"), ("ffn_norm", "ffn_norm")):
-            rules += [same(f"{hb}{hn}.weight", f"{ob}{on}.scale", (w,)),
-                      same(f"{hb}{hn}.bias", f"{ob}{on}.bias", (w,))]
+            rules += [
+                same(f"{hb}{hn}.weight", f"{ob}{on}.scale", (w,)),
+                same(f"{hb}{hn}.bias", f"{ob}{on}.bias", (w,)),
+            ]
     return rules
 
 
@@ -156,15 +177,31 @@ def connector_rules(c: MolmoConfig, hf_prefix: str) -> list[Rule]:
     elif con.padding_embed in ("pad_embed", "regress"):
         rules.append(same(f"{p}pad_embed", "connector.pad_embed", (feat,)))
     for n in ("wq", "wk", "wv"):
-        rules += [linear(f"{p}image_pooling_2d.{n}.weight", f"connector.image_pooling_2d.{n}.kernel", inner, feat),
-                  same(f"{p}image_pooling_2d.{n}.bias", f"connector.image_pooling_2d.{n}.bias", (inner,))]
+        rules += [
+            linear(f"{p}image_pooling_2d.{n}.weight", f"connector.image_pooling_2d.{n}.kernel", inner, feat),
+            same(f"{p}image_pooling_2d.{n}.bias", f"connector.image_pooling_2d.{n}.bias", (inner,)),
+        ]
     rules += [
         linear(f"{p}image_pooling_2d.wo.weight", "connector.image_pooling_2d.wo.kernel", v.width, inner),
         same(f"{p}image_pooling_2d.wo.bias", "connector.image_pooling_2d.wo.bias", (v.width,)),
-        linear(f"{p}image_projector.w1.weight", "connector.image_projector.w1.kernel", con.projector_hidden, v.width),
-        linear(f"{p}image_projector.w3.weight", "connector.image_projector.w3.kernel", con.projector_hidden, v.width),
-        linear(f"{p}image_projector.w2.weight", "connector.image_projector.w2.kernel", c.llm.d_model,
-               con.projector_hidden),
+        linear(
+            f"{p}image_projector.w1.weight",
+            "connector.image_projector.w1.kernel",
+            con.projector_hidden,
+            v.width,
+        ),
+        linear(
+            f"{p}image_projector.w3.weight",
+            "connector.image_projector.w3.kernel",
+            con.projector_hidden,
+            v.width,
+        ),
+        linear(
+            f"{p}image_projector.w2.weight",
+            "connector.image_projector.w2.kernel",
+            c.llm.d_model,
+            con.projector_hidden,
+        ),
     ]
     return rules
 
@@ -190,10 +227,14 @@ def molmo_llm_rules(llm: LLMConfig, hf_prefix: str, layout: str) -> list[Rule]:
             same(f"{ab}attn_norm.weight", f"{ob}attn_norm.scale", (d,)),
         ]
         if llm.qkv_bias:
-            rules.append(heads_in([f"{ab}att_proj.bias"], tuple(q + "_bias" for q in qkv), d, (n, k, k), h, bias=True))
+            rules.append(
+                heads_in([f"{ab}att_proj.bias"], tuple(q + "_bias" for q in qkv), d, (n, k, k), h, bias=True)
+            )
         if llm.qk_norm:
-            rules += [same(f"{ab}q_norm.weight", f"{ob}attn.q_norm.scale", (n * h,)),
-                      same(f"{ab}k_norm.weight", f"{ob}attn.k_norm.scale", (k * h,))]
+            rules += [
+                same(f"{ab}q_norm.weight", f"{ob}attn.q_norm.scale", (n * h,)),
+                same(f"{ab}k_norm.weight", f"{ob}attn.k_norm.scale", (k * h,)),
+            ]
         if not llm.is_moe:
             rules += [
                 fused_up_gate(f"{hb}ff_proj.weight", f"{ob}mlp.up", f"{ob}mlp.gate", llm.mlp_hidden, d),
@@ -248,20 +289,34 @@ def hf_decoder_rules(llm: LLMConfig, family: str) -> list[Rule]:
         hb, ob = f"model.layers.{i}.", f"llm.blocks.{i}."
         names = [f"{hb}self_attn.{x}_proj.weight" for x in "qkv"]
         qkv = (f"{ob}attn.q", f"{ob}attn.k", f"{ob}attn.v")
-        rules += [heads_in(names, qkv, d, (n, k, k), h),
-                  heads_out(f"{hb}self_attn.o_proj.weight", f"{ob}attn.o", d, n, h)]
+        rules += [
+            heads_in(names, qkv, d, (n, k, k), h),
+            heads_out(f"{hb}self_attn.o_proj.weight", f"{ob}attn.o", d, n, h),
+        ]
         if llm.qkv_bias:
-            rules.append(heads_in([f"{hb}self_attn.{x}_proj.bias" for x in "qkv"],
-                                  tuple(q + "_bias" for q in qkv), d, (n, k, k), h, bias=True))
+            rules.append(
+                heads_in(
+                    [f"{hb}self_attn.{x}_proj.bias" for x in "qkv"],
+                    tuple(q + "_bias" for q in qkv),
+                    d,
+                    (n, k, k),
+                    h,
+                    bias=True,
+                )
+            )
         if llm.qk_norm:
-            rules += [same(f"{hb}self_attn.q_norm.weight", f"{ob}attn.q_norm.scale", (n * h,)),
-                      same(f"{hb}self_attn.k_norm.weight", f"{ob}attn.k_norm.scale", (k * h,))]
+            rules += [
+                same(f"{hb}self_attn.q_norm.weight", f"{ob}attn.q_norm.scale", (n * h,)),
+                same(f"{hb}self_attn.k_norm.weight", f"{ob}attn.k_norm.scale", (k * h,)),
+            ]
         if family == "olmo2":  # norm-after: the post-attention / post-feedforward norms
             norms = ("post_attention_layernorm", "post_feedforward_layernorm")
         else:
             norms = ("input_layernorm", "post_attention_layernorm")
-        rules += [same(f"{hb}{norms[0]}.weight", f"{ob}attn_norm.scale", (d,)),
-                  same(f"{hb}{norms[1]}.weight", f"{ob}ff_norm.scale", (d,))]
+        rules += [
+            same(f"{hb}{norms[0]}.weight", f"{ob}attn_norm.scale", (d,)),
+            same(f"{hb}{norms[1]}.weight", f"{ob}ff_norm.scale", (d,)),
+        ]
         if family == "olmoe":
             e, f = llm.moe_num_experts, llm.moe_hidden
             mb = f"{hb}mlp."
@@ -273,9 +328,11 @@ def hf_decoder_rules(llm: LLMConfig, family: str) -> list[Rule]:
             ]
         else:
             f = llm.mlp_hidden
-            rules += [linear(f"{hb}mlp.gate_proj.weight", f"{ob}mlp.gate", f, d),
-                      linear(f"{hb}mlp.up_proj.weight", f"{ob}mlp.up", f, d),
-                      linear(f"{hb}mlp.down_proj.weight", f"{ob}mlp.down", d, f)]
+            rules += [
+                linear(f"{hb}mlp.gate_proj.weight", f"{ob}mlp.gate", f, d),
+                linear(f"{hb}mlp.up_proj.weight", f"{ob}mlp.up", f, d),
+                linear(f"{hb}mlp.down_proj.weight", f"{ob}mlp.down", d, f),
+            ]
     return rules
 
 

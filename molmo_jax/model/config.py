@@ -55,7 +55,8 @@ class VisionConfig:
         _check_choice("vision.activation", self.activation, ("quick_gelu", "gelu", "gelu_tanh"))
         if self.image_size[0] % self.patch_size or self.image_size[1] % self.patch_size:
             raise ConfigError(
-                f"vision.image_size={self.image_size} is not a multiple of vision.patch_size={self.patch_size}"
+                f"vision.image_size={self.image_size} is not a multiple of "
+                f"vision.patch_size={self.patch_size}"
             )
 
     @property
@@ -211,8 +212,17 @@ def molmo_72b() -> MolmoConfig:
 def molmo_7b_o() -> MolmoConfig:
     """Molmo-7B-O-0924: CLIP ViT-L/14-336 + OLMo-7B-1024-preview (norm-after, QK-norm)."""
     llm = LLMConfig(
-        family="olmo", d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32, mlp_hidden=11008,
-        vocab_size=100278, embedding_size=100352, qkv_bias=False, qk_norm=True, norm_after=True,
+        family="olmo",
+        d_model=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        mlp_hidden=11008,
+        vocab_size=100278,
+        embedding_size=100352,
+        qkv_bias=False,
+        qk_norm=True,
+        norm_after=True,
         rope_theta=5e5,
     )
     return _molmo(llm, projector_hidden=11008)
@@ -221,9 +231,21 @@ def molmo_7b_o() -> MolmoConfig:
 def molmoe_1b() -> MolmoConfig:
     """MolmoE-1B-0924: CLIP ViT-L/14-336 + OLMoE-1B-7B (64 experts, top-8)."""
     llm = LLMConfig(
-        family="olmoe", d_model=2048, num_layers=16, num_heads=16, num_kv_heads=16, mlp_hidden=1024,
-        vocab_size=50280, embedding_size=50304, qkv_bias=False, qk_norm=True, norm_eps=1e-5,
-        rope_theta=1e4, moe_num_experts=64, moe_top_k=8, moe_hidden=1024,
+        family="olmoe",
+        d_model=2048,
+        num_layers=16,
+        num_heads=16,
+        num_kv_heads=16,
+        mlp_hidden=1024,
+        vocab_size=50280,
+        embedding_size=50304,
+        qkv_bias=False,
+        qk_norm=True,
+        norm_eps=1e-5,
+        rope_theta=1e4,
+        moe_num_experts=64,
+        moe_top_k=8,
+        moe_hidden=1024,
     )
     return _molmo(llm, projector_hidden=1024)
 
@@ -234,22 +256,46 @@ def tiny(family: str = "qwen2") -> MolmoConfig:
         width=40, num_heads=4, head_dim=10, num_layers=5, mlp_dim=72, image_size=(84, 84), pos_grid=(6, 6)
     )
     base = dict(
-        d_model=56, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=14, mlp_hidden=88,
-        vocab_size=509, embedding_size=512, additional_vocab_size=128,
+        d_model=56,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=14,
+        vocab_size=509,
+        embedding_size=512,
+        additional_vocab_size=128,
     )
     if family == "qwen2":
-        llm = LLMConfig(**base)
+        llm = LLMConfig(**base, mlp_hidden=88)
     elif family == "olmo":
-        llm = LLMConfig(**base, family="olmo", qkv_bias=False, qk_norm=True, norm_after=True, rope_theta=5e5)
+        llm = LLMConfig(
+            **base,
+            mlp_hidden=88,
+            family="olmo",
+            qkv_bias=False,
+            qk_norm=True,
+            norm_after=True,
+            rope_theta=5e5,
+        )
     elif family == "olmoe":
         llm = LLMConfig(
-            **base, family="olmoe", qkv_bias=False, qk_norm=True, norm_eps=1e-5, rope_theta=1e4,
-            moe_num_experts=7, moe_top_k=3, moe_hidden=24,
+            **base,
+            mlp_hidden=24,
+            family="olmoe",
+            qkv_bias=False,
+            qk_norm=True,
+            norm_eps=1e-5,
+            rope_theta=1e4,
+            moe_num_experts=7,
+            moe_top_k=3,
+            moe_hidden=24,
         )
     else:
         raise ConfigError(f"tiny: unknown family {family!r}; choose from {LLM_FAMILIES}")
     return MolmoConfig(
-        vision=vision, connector=ConnectorConfig(vit_layers=(-2, -4), projector_hidden=44), llm=llm
+        vision=vision,
+        connector=ConnectorConfig(vit_layers=(-2, -4), projector_hidden=llm.mlp_hidden),
+        llm=llm,
     )
 
 
@@ -257,8 +303,14 @@ def bench() -> MolmoConfig:
     """The shared CPU benchmark configuration (shared/bench/README.md), 63.9 M parameters."""
     vision = VisionConfig(width=256, num_heads=4, head_dim=64, num_layers=8, mlp_dim=1024)
     llm = LLMConfig(
-        d_model=512, num_layers=8, num_heads=8, num_kv_heads=2, head_dim=64, mlp_hidden=1408,
-        vocab_size=32000, embedding_size=32000,
+        d_model=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+        mlp_hidden=1408,
+        vocab_size=32000,
+        embedding_size=32000,
     )
     return MolmoConfig(
         vision=vision, connector=ConnectorConfig(vit_layers=(-2, -8), projector_hidden=1408), llm=llm
@@ -286,8 +338,14 @@ def get_preset(name: str) -> MolmoConfig:
 # --------------------------------------------------------------------------------------------------
 # Hugging Face `config.json`
 
-_VISION_KIND_FROM_HF = {"openai": "clip", "siglip": "siglip", "dino": "dinov2", "dinov2": "dinov2",
-                        "metaclip": "metaclip", "clip": "clip"}
+_VISION_KIND_FROM_HF = {
+    "openai": "clip",
+    "siglip": "siglip",
+    "dino": "dinov2",
+    "dinov2": "dinov2",
+    "metaclip": "metaclip",
+    "clip": "clip",
+}
 
 
 def from_hf_config(cfg: dict | str | Path) -> MolmoConfig:
@@ -353,8 +411,11 @@ def from_hf_config(cfg: dict | str | Path) -> MolmoConfig:
     )
     if get("weight_tying") or get("tie_word_embeddings"):
         raise ConfigError("weight_tying=true is not supported: released Molmo models have an untied LM head")
-    for key, ok in (("layer_norm_type", ("rms", None)), ("image_projector", ("mlp", None)),
-                    ("image_pooling_2d", ("attention-meanq", "attention_meanq", None))):
+    for key, ok in (
+        ("layer_norm_type", ("rms", None)),
+        ("image_projector", ("mlp", None)),
+        ("image_pooling_2d", ("attention-meanq", "attention_meanq", None)),
+    ):
         if get(key) not in ok:
             raise ConfigError(f"config.json {key}={get(key)!r} is not supported (expected one of {ok})")
     vb = get("vision_backbone") or {}
@@ -385,7 +446,7 @@ def from_hf_config(cfg: dict | str | Path) -> MolmoConfig:
         vit_layers=tuple(first("vit_layers", default=(-2, -9))),
         padding_embed=first("image_padding_embed", default="pad_and_partial_pad"),
         pool_size=pool,
-        projector_hidden=mlp_hidden,
+        projector_hidden=first("image_projector_hidden_size", default=mlp_hidden),
     )
     return MolmoConfig(vision=vision, connector=connector, llm=llm)
 
@@ -426,7 +487,8 @@ def to_hf_config(config: MolmoConfig) -> dict:
         "image_padding_embed": con.padding_embed,
         "vision_backbone": {
             "image_model_type": {v: k for k, v in _VISION_KIND_FROM_HF.items()}.get(vis.kind, vis.kind)
-            if vis.kind != "clip" else "openai",
+            if vis.kind != "clip"
+            else "openai",
             "image_default_input_size": list(vis.image_size),
             "image_patch_size": vis.patch_size,
             "image_emb_dim": vis.width,
@@ -440,5 +502,52 @@ def to_hf_config(config: MolmoConfig) -> dict:
         },
     }
     if llm.is_moe:
-        out.update(block_type="moe", moe_num_experts=llm.moe_num_experts, moe_top_k=llm.moe_top_k)
+        out.update(
+            block_type="moe",
+            moe_num_experts=llm.moe_num_experts,
+            moe_top_k=llm.moe_top_k,
+            intermediate_size=llm.moe_hidden,
+        )
+    if con.projector_hidden != out["intermediate_size"] // (1 if llm.is_moe else 2):
+        out["image_projector_hidden_size"] = con.projector_hidden  # only written when non-standard
     return out
+
+
+_BACKBONE_FAMILY = {"qwen2": "qwen2", "olmo2": "olmo", "olmoe": "olmoe"}
+
+
+def llm_from_hf_backbone(cfg: dict | str | Path, *, additional_vocab_size: int = 128) -> LLMConfig:
+    """LLMConfig from a Hugging Face `Qwen2ForCausalLM` / `Olmo2ForCausalLM` / `OlmoeForCausalLM`
+    `config.json` (the stage-1 LLM sources)."""
+    if not isinstance(cfg, dict):
+        with open(cfg) as f:
+            cfg = json.load(f)
+    model_type = cfg.get("model_type")
+    if model_type not in _BACKBONE_FAMILY:
+        raise ConfigError(f"config.json model_type={model_type!r}; supported: {sorted(_BACKBONE_FAMILY)}")
+    if cfg.get("tie_word_embeddings"):
+        raise ConfigError("config.json tie_word_embeddings=true is not supported (Molmo's LM head is untied)")
+    family = _BACKBONE_FAMILY[model_type]
+    heads = cfg["num_attention_heads"]
+    moe = family == "olmoe"
+    return LLMConfig(
+        family=family,
+        d_model=cfg["hidden_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        mlp_hidden=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        embedding_size=cfg["vocab_size"],
+        additional_vocab_size=additional_vocab_size,
+        qkv_bias=family == "qwen2",
+        qk_norm=family != "qwen2",
+        norm_after=family == "olmo",
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_theta=float(cfg.get("rope_theta", 1e4)),
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        moe_num_experts=cfg.get("num_experts", 0) if moe else 0,
+        moe_top_k=cfg.get("num_experts_per_tok", 0) if moe else 0,
+        moe_hidden=cfg["intermediate_size"] if moe else 0,
+    )

@@ -70,7 +70,9 @@ class Connector(nnx.Module):
         self.config = config
         feat_dim = vis.width * len(con.vit_layers)
         if con.padding_embed == "pad_and_partial_pad":
-            self.pad_embed = param(rngs, zeros_init, (2, feat_dim), ("pad_kinds", "vit_features"), param_dtype)
+            self.pad_embed = param(
+                rngs, zeros_init, (2, feat_dim), ("pad_kinds", "vit_features"), param_dtype
+            )
         elif con.padding_embed in ("pad_embed", "regress"):
             self.pad_embed = param(rngs, zeros_init, (feat_dim,), ("vit_features",), param_dtype)
         else:

@@ -170,8 +170,9 @@ class Decoder(nnx.Module):
         self.new_embedding = param(
             rngs, init, (config.additional_vocab_size, d), ("new_vocab", "embed"), param_dtype
         )
-        self.blocks = nnx.List([DecoderBlock(config, rngs=rngs, param_dtype=param_dtype)
-                                for _ in range(config.num_layers)])
+        self.blocks = nnx.List(
+            [DecoderBlock(config, rngs=rngs, param_dtype=param_dtype) for _ in range(config.num_layers)]
+        )
         self.ln_f = RMSNorm(d, eps=config.norm_eps, rngs=rngs, param_dtype=param_dtype)
         self.lm_head = param(rngs, init, (d, config.embedding_size), ("embed", "vocab"), param_dtype)
 
@@ -181,8 +182,9 @@ class Decoder(nnx.Module):
         ids = jnp.maximum(input_ids, 0)
         n_base = self.config.embedding_size
         base = jnp.take(self.embedding[...], jnp.minimum(ids, n_base - 1), axis=0)
-        extra = jnp.take(self.new_embedding[...], jnp.clip(ids - n_base, 0, self.config.additional_vocab_size - 1),
-                         axis=0)
+        extra = jnp.take(
+            self.new_embedding[...], jnp.clip(ids - n_base, 0, self.config.additional_vocab_size - 1), axis=0
+        )
         x = jnp.where((ids >= n_base)[..., None], extra, base).astype(dtype)
         return shard(x, ("batch", "length", "embed"))
 
@@ -220,11 +222,15 @@ class Decoder(nnx.Module):
 
     def logits(self, x: jax.Array) -> jax.Array:
         """LM head over the `embedding_size` base rows, float32 output."""
-        return jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "BTD,DV->BTV", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32
+        )
 
 
 def attention_bias(
-    valid: jax.Array, subsegment_ids: jax.Array | None = None, key_valid: jax.Array | None = None,
+    valid: jax.Array,
+    subsegment_ids: jax.Array | None = None,
+    key_valid: jax.Array | None = None,
     query_offset: jax.Array | int = 0,
 ) -> jax.Array:
     """Additive float32 mask `[B, T, S]`: causal, padding keys masked, and (for packed
@@ -246,3 +252,26 @@ def attention_bias(
 def positions_from_valid(valid: jax.Array) -> jax.Array:
     """clamp(cumsum(valid) - 1, 0): right-padded rows get 0..n-1, pads repeat the last."""
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class CausalLM(nnx.Module):
+    """The decoder alone as a text-only language model (e.g. a stage-1 LLM backbone). Its
+    parameters live under `llm.*`, the same paths as inside `Molmo`."""
+
+    def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32):
+        self.dtype = jnp.dtype(dtype)
+        self.llm = Decoder(config, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        position_ids: jax.Array | None = None,
+        *,
+        return_intermediates: bool = False,
+    ) -> tuple[jax.Array, dict]:
+        """input_ids `[B, T]` (-1 = padding) -> (float32 logits `[B, T, V]`, intermediates)."""
+        valid = input_ids != -1
+        positions = positions_from_valid(valid) if position_ids is None else position_ids
+        x = self.llm.embed(input_ids, self.dtype)
+        h, _, inter = self.llm(x, positions, attention_bias(valid), collect=return_intermediates)
+        return self.llm.logits(h), inter

@@ -68,7 +68,9 @@ class MoEFeedForward(nnx.Module):
         group_sizes = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)
         gate, up, down = self._weights(tokens.dtype)
         xs = tokens[token_of]
-        hidden = jax.nn.silu(jax.lax.ragged_dot(xs, gate, group_sizes)) * jax.lax.ragged_dot(xs, up, group_sizes)
+        hidden = jax.nn.silu(jax.lax.ragged_dot(xs, gate, group_sizes)) * jax.lax.ragged_dot(
+            xs, up, group_sizes
+        )
         out = jax.lax.ragged_dot(hidden, down, group_sizes) * weights.reshape(-1)[order][:, None]
         return jnp.zeros_like(tokens).at[token_of].add(out)
 

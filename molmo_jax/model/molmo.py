@@ -85,7 +85,8 @@ class Molmo(nnx.Module):
             idx = image_input_idx.reshape(b, -1)
             if idx.shape[1] != flat.shape[1]:
                 raise ValueError(
-                    f"image_input_idx has {idx.shape[1]} entries per row, the images give {flat.shape[1]} features"
+                    f"image_input_idx has {idx.shape[1]} entries per row, "
+                    f"the images give {flat.shape[1]} features"
                 )
             use = idx >= 0
             flat = jnp.where(use[..., None], flat, 0)

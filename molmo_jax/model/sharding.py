@@ -46,7 +46,9 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 _state = threading.local()
 
 
-def logical_to_spec(names: Sequence[str | None], rules=DEFAULT_RULES, mesh: Mesh | None = None) -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None], rules=DEFAULT_RULES, mesh: Mesh | None = None
+) -> PartitionSpec:
     """PartitionSpec for logical names; mesh axes of size 1 or absent from `mesh` are dropped."""
     table = dict(rules)
     used: set[str] = set()
@@ -105,7 +107,7 @@ def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
     if len(auto) > 1:
         raise ValueError(f"only one mesh axis may be -1, got {auto}")
     fixed = 1
-    for a, s in sizes.items():
+    for s in sizes.values():
         if s != -1:
             fixed *= s
     if auto:

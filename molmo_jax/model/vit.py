@@ -101,16 +101,25 @@ class CLIPViT(nnx.Module):
         self.config = config
         width, num_pos = config.width, config.pos_grid[0] * config.pos_grid[1] + int(config.use_cls_token)
         self.patch_embedding = Dense(
-            config.patch_dim, width, axes=("vit_patch", "vit_embed"), use_bias=config.patch_bias,
-            rngs=rngs, param_dtype=param_dtype,
+            config.patch_dim,
+            width,
+            axes=("vit_patch", "vit_embed"),
+            use_bias=config.patch_bias,
+            rngs=rngs,
+            param_dtype=param_dtype,
         )
         self.class_embedding = (
-            param(rngs, normal_init(0.02), (width,), ("vit_embed",), param_dtype) if config.use_cls_token else None
+            param(rngs, normal_init(0.02), (width,), ("vit_embed",), param_dtype)
+            if config.use_cls_token
+            else None
         )
-        self.positional_embedding = param(rngs, normal_init(0.02), (num_pos, width), ("vit_pos", "vit_embed"),
-                                          param_dtype)
+        self.positional_embedding = param(
+            rngs, normal_init(0.02), (num_pos, width), ("vit_pos", "vit_embed"), param_dtype
+        )
         self.pre_ln = (
-            LayerNorm(width, eps=config.norm_eps, rngs=rngs, param_dtype=param_dtype) if config.use_pre_norm else None
+            LayerNorm(width, eps=config.norm_eps, rngs=rngs, param_dtype=param_dtype)
+            if config.use_pre_norm
+            else None
         )
         self.blocks = nnx.List(
             [ViTBlock(config, rngs=rngs, param_dtype=param_dtype) for _ in range(config.num_layers)]
@@ -126,7 +135,9 @@ class CLIPViT(nnx.Module):
         pos = self.positional_embedding[...].astype(x.dtype)
         n_prefix = self.num_prefix_tokens
         gh, gw = self.config.pos_grid
-        grid_pos = resize_position_grid(pos[n_prefix:].reshape(gh, gw, -1), grid).reshape(grid[0] * grid[1], -1)
+        grid_pos = resize_position_grid(pos[n_prefix:].reshape(gh, gw, -1), grid).reshape(
+            grid[0] * grid[1], -1
+        )
         x = x + grid_pos[None]
         if n_prefix:
             cls = (self.class_embedding[...].astype(x.dtype) + pos[0])[None, None]
