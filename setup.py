@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8,<10", "ruff>=0.6,<1"],
+    "test": ["pytest>=8,<10", "ruff>=0.6,<1", "scikit-image>=0.24,<0.27"],
     "cuda": ["jax[cuda12]>=0.6,<0.11"],
     "tpu": ["jax[tpu]>=0.6,<0.11"],
     # Only for reading MolmoE-1B's pickled checkpoint (weights_only) and parity work.

@@ -1,6 +1,6 @@
 """molmo-jax: Molmo vision-language models in JAX / Flax NNX.
 
-Public API: `load_pretrained`, `save_pretrained`, `Molmo`, `MolmoConfig`, `MolmoProcessor`.
+Public API: `load_pretrained`, `save_pretrained`, `Molmo`, `MolmoConfig`, `MolmoProcessor`, `generate`.
 Imports are lazy so that `import molmo_jax` stays cheap.
 """
 
@@ -16,6 +16,7 @@ _EXPORTS = {
     "MolmoConfig": "molmo_jax.model.config",
     "get_preset": "molmo_jax.model.config",
     "MolmoProcessor": "molmo_jax.preprocess.processor",
+    "generate": "molmo_jax.infer.generate",
 }
 
 __all__ = sorted(_EXPORTS)
