@@ -149,6 +149,8 @@ class MolmoConfig:
     llm: LLMConfig = LLMConfig()
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Crops per group through the vision tower: -1 auto (2 on CPU, all on accelerators), 0 all.
+    crop_chunk: int = -1
 
     def __post_init__(self):
         _check_choice("dtype", self.dtype, DTYPES)

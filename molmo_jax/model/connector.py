@@ -31,7 +31,7 @@ class AttentionPool(nnx.Module):
         q = self.wq(query).reshape(n, 1, self.num_heads, self.head_dim)
         kk = self.wk(windows).reshape(n, k, self.num_heads, self.head_dim)
         v = self.wv(windows).reshape(n, k, self.num_heads, self.head_dim)
-        scores = jnp.einsum("nqhd,nkhd->nhqk", q, kk) / math.sqrt(self.head_dim)
+        scores = jnp.einsum("nqhd,nkhd->nhqk", q * (1 / math.sqrt(self.head_dim)), kk)
         probs = attention_weights(scores).astype(v.dtype)
         out = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, -1)
         return self.wo(out)

@@ -101,9 +101,9 @@ class Attention(nnx.Module):
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         b, t, n, h = q.shape
         kv = k.shape[2]
-        q = q.reshape(b, t, kv, n // kv, h)  # query head i uses kv head i // (n / kv)
+        q = q.reshape(b, t, kv, n // kv, h) * (1 / math.sqrt(h))  # query head i uses kv head i // (n / kv)
         scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(h) + bias[:, None, None].astype(jnp.float32)
+        scores = scores + bias[:, None, None].astype(jnp.float32)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(out.dtype)), cache

@@ -47,23 +47,53 @@ class Molmo(nnx.Module):
         self, images: jax.Array, image_masks: jax.Array | None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """images `[B, C, P, patch_dim]` (padded crops all -1), image_masks `[B, C, P]` ->
-        image features `[B, C, P', D]` and intermediates (vit_selected, pooled_features)."""
+        image features `[B, C, P', D]` and intermediates (vit_selected, pooled_features).
+
+        Crops are independent, so they run in groups of `crop_chunk` (a loop keeps each group's
+        activations in cache on CPU; `crop_chunk=0` runs all crops at once)."""
         b, c, p, pd = images.shape
-        vis = self.config.vision
-        crops = images.reshape(b * c, p, pd).astype(self.dtype)
-        taps = self.vision(crops, self.config.connector.vit_layers)
-        selected = [taps[layer] for layer in self.config.connector.vit_layers]
+        n = b * c
+        crops = images.reshape(n, p, pd).astype(self.dtype)
+        masks = None if image_masks is None else image_masks.reshape(n, p)
+        chunk = self.crop_chunk
+        if 0 < chunk < n:
+            pad = (-n) % chunk
+            groups = (
+                jnp.pad(crops, ((0, pad), (0, 0), (0, 0)), constant_values=-1).reshape(-1, chunk, p, pd),
+                None
+                if masks is None
+                else jnp.pad(masks, ((0, pad), (0, 0)), constant_values=-1).reshape(-1, chunk, p),
+            )
+            outs = jax.lax.map(jax.checkpoint(lambda g: self._encode_crops(*g)), groups)
+            projected, selected, pooled = (o.reshape(-1, *o.shape[2:])[:n] for o in outs)
+        else:
+            projected, selected, pooled = self._encode_crops(crops, masks)
+        inter = {
+            "vit_selected": jnp.moveaxis(selected, 1, 0).reshape(
+                selected.shape[1], b, c, *selected.shape[2:]
+            ),
+            "pooled_features": pooled.reshape(b, c, *pooled.shape[1:]),
+        }
+        return projected.reshape(b, c, *projected.shape[1:]), inter
+
+    @property
+    def crop_chunk(self) -> int:
+        chunk = self.config.crop_chunk
+        if chunk < 0:  # auto: small groups on CPU (cache locality), everything at once on accelerators
+            return 2 if jax.default_backend() == "cpu" else 0
+        return chunk
+
+    def _encode_crops(self, crops: jax.Array, masks: jax.Array | None):
+        """crops `[N, P, patch_dim]` -> (projected `[N, P', D]`, taps `[N, n_taps, tokens, W]`, pooled)."""
+        layers = self.config.connector.vit_layers
+        taps = self.vision(crops, layers)
+        selected = [taps[layer] for layer in layers]
         n_prefix = self.vision.num_prefix_tokens
         features = jnp.concatenate([s[:, n_prefix:] for s in selected], axis=-1)
         valid_crop = jnp.any(crops != -1, axis=(1, 2))
         features = features * valid_crop[:, None, None].astype(features.dtype)
-        masks = image_masks.reshape(b * c, p) if image_masks is not None else None
-        pooled, projected = self.connector(features, masks, vis.grid)
-        inter = {
-            "vit_selected": jnp.stack(selected).reshape(len(selected), b, c, *selected[0].shape[1:]),
-            "pooled_features": pooled.reshape(b, c, *pooled.shape[1:]),
-        }
-        return projected.reshape(b, c, *projected.shape[1:]), inter
+        pooled, projected = self.connector(features, masks, self.config.vision.grid)
+        return projected, jnp.stack(selected, axis=1), pooled
 
     def embed_inputs(
         self,
@@ -102,6 +132,7 @@ class Molmo(nnx.Module):
         *,
         position_ids: jax.Array | None = None,
         subsegment_ids: jax.Array | None = None,
+        logit_positions: jax.Array | None = None,
         return_intermediates: bool = False,
     ) -> MolmoOutput:
         """Forward pass (no cache).
@@ -113,12 +144,16 @@ class Molmo(nnx.Module):
           image_input_idx: `[B, C, P']` sequence position of each pooled feature (< 0 = unused).
           position_ids: `[B, T]`, default `clamp(cumsum(valid) - 1, 0)`.
           subsegment_ids: `[B, T]` for packed conversations (see `attention_bias`).
+          logit_positions: `[B, K]` positions at which to compute logits (default: all T). Training
+            needs logits only where the loss is, which in Molmo is a small part of the sequence.
         """
         valid = input_ids != -1
         positions = positions_from_valid(valid) if position_ids is None else position_ids
         x, inter = self.embed_inputs(input_ids, images, image_masks, image_input_idx)
         bias = attention_bias(valid, subsegment_ids)
         h, _, llm_inter = self.llm(x, positions, bias, collect=return_intermediates)
+        if logit_positions is not None:
+            h = jnp.take_along_axis(h, logit_positions[..., None], axis=1)
         logits = self.llm.logits(h)
         if not return_intermediates:
             return MolmoOutput(logits=logits)
