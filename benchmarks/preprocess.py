@@ -70,11 +70,14 @@ def main() -> None:
     stages = {
         "full (decode + crops + tokens)": lambda: processor(images=jpeg, text=PROMPT),
         "JPEG decode": lambda: load_image(jpeg),
-        "crops + image tokens": lambda: image_to_inputs(decoded, processor.image_config,
-                                                        processor.image_token_ids),
+        "crops + image tokens": lambda: image_to_inputs(
+            decoded, processor.image_config, processor.image_token_ids
+        ),
     }
-    medians = {name: statistics.median(per_image_seconds(fn, args.images, args.repeats))
-               for name, fn in stages.items()}
+    medians = {
+        name: statistics.median(per_image_seconds(fn, args.images, args.repeats))
+        for name, fn in stages.items()
+    }
     full = medians["full (decode + crops + tokens)"]
     images_per_s = 1.0 / full
 
@@ -83,8 +86,10 @@ def main() -> None:
     print(f"median of {args.repeats} runs x {args.images} images, single process:")
     for name, seconds in medians.items():
         print(f"  {name:32s} {seconds * 1e3:7.2f} ms/image")
-    print(f"throughput: {images_per_s:.1f} images/s (original PyTorch: {ORIGINAL_IMAGES_PER_S} images/s, "
-          f"{images_per_s / ORIGINAL_IMAGES_PER_S:.2f}x)")
+    print(
+        f"throughput: {images_per_s:.1f} images/s (original PyTorch: {ORIGINAL_IMAGES_PER_S} images/s, "
+        f"{images_per_s / ORIGINAL_IMAGES_PER_S:.2f}x)"
+    )
     if args.json:
         print(json.dumps({"images_per_s": round(images_per_s, 2)}))
 

@@ -17,7 +17,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "checkpoint folder (HF layout) or hub id", required=True)
 flags.DEFINE_multi_string("image", [], "image file(s); 'none' for a text-only prompt")
-flags.DEFINE_multi_string("prompt", [], "prompt(s), one per --image", required=True)
+flags.DEFINE_multi_string("prompt", None, "prompt(s), one per --image", required=True)
 flags.DEFINE_integer("max_new_tokens", 200, "maximum generated tokens per answer")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy")
 flags.DEFINE_integer("top_k", 0, "sample from the k most likely tokens (0 = all)")
@@ -34,15 +34,34 @@ def draw_path(base: str, index: int, total: int) -> Path:
     return path if total == 1 else path.with_name(f"{path.stem}-{index}{path.suffix or '.png'}")
 
 
+def report(prompt: str, text: str, image, draw: str | None, index: int, total: int) -> None:
+    """Print one answer (and its points in pixels); draw the points when asked."""
+    from PIL import Image
+
+    from molmo_jax.preprocess.pointing import draw_points, extract_points
+
+    if total > 1:
+        print(f"[{index}] {prompt}")
+    print(text)
+    if image is None:
+        return
+    points = extract_points(text, image.shape[1], image.shape[0])
+    if points:
+        print("points (x, y) in pixels: " + "; ".join(f"({x:.1f}, {y:.1f})" for x, y in points))
+    if draw:
+        path = draw_path(draw, index, total)
+        draw_points(Image.fromarray(image), points).save(path)
+        print(f"drew {len(points)} point(s) on {path}")
+
+
 def main(argv) -> int:
     del argv
     import jax.numpy as jnp
-    from PIL import Image
 
     import molmo_jax
+    from molmo_jax.checkpoints.hf import resolve_checkpoint_dir
     from molmo_jax.infer.generate import generate
     from molmo_jax.preprocess.image import load_image
-    from molmo_jax.preprocess.pointing import draw_points
 
     images = [None if i.lower() == "none" else i for i in FLAGS.image] or [None] * len(FLAGS.prompt)
     if len(images) != len(FLAGS.prompt):
@@ -51,11 +70,10 @@ def main(argv) -> int:
         )
     for image in images:
         if image is not None and not Path(image).exists():
-            raise app.UsageError(f"--image {image}: no such file")
-    model = molmo_jax.load_pretrained(FLAGS.checkpoint, dtype=jnp.dtype(FLAGS.dtype))
-    processor = molmo_jax.MolmoProcessor.from_pretrained(
-        molmo_jax.checkpoints.hf.resolve_checkpoint_dir(FLAGS.checkpoint)
-    )
+            raise app.UsageError(f"--image {image}: no such file")  # before loading anything
+    folder = resolve_checkpoint_dir(FLAGS.checkpoint)
+    model = molmo_jax.load_pretrained(folder, dtype=jnp.dtype(FLAGS.dtype))
+    processor = molmo_jax.MolmoProcessor.from_pretrained(folder)
     out = generate(
         model,
         processor,
@@ -69,16 +87,9 @@ def main(argv) -> int:
         seed=FLAGS.seed,
         style=FLAGS.style,
     )
-    for i, (prompt, text, points) in enumerate(zip(FLAGS.prompt, out.texts, out.points)):
-        if len(FLAGS.prompt) > 1:
-            print(f"[{i}] {prompt}")
-        print(text)
-        if points:
-            print("points (x, y) in pixels: " + "; ".join(f"({x:.1f}, {y:.1f})" for x, y in points))
-        if FLAGS.draw and images[i] is not None:
-            path = draw_path(FLAGS.draw, i, len(FLAGS.prompt))
-            draw_points(Image.fromarray(load_image(images[i])), points).save(path)
-            print(f"drew {len(points)} point(s) on {path}")
+    arrays = [None if image is None else load_image(image) for image in images]
+    for i, (prompt, text, array) in enumerate(zip(FLAGS.prompt, out.texts, arrays)):
+        report(prompt, text, array, FLAGS.draw, i, len(FLAGS.prompt))
     return 0
 
 

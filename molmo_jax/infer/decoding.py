@@ -94,6 +94,14 @@ def _select(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array
     return jax.random.categorical(key, logits, axis=-1)
 
 
+def _choose(logits: jax.Array, done: jax.Array, key: jax.Array, eos: jax.Array, *, cfg: SamplingConfig):
+    """Next tokens, their log-probs and the updated done flags; finished rows repeat EOS at log-prob 0."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tokens = jnp.where(done, eos, _select(logits, key, cfg)).astype(jnp.int32)
+    step_logp = jnp.where(done, 0.0, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0])
+    return tokens, step_logp, done | (tokens == eos)
+
+
 class Generator:
     """Compiled prefill and decode step for one model; reuse it across requests.
 
@@ -108,6 +116,8 @@ class Generator:
         self.trace_counts = {"prefill": 0, "decode": 0}
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len",))
         self._decode = jax.jit(self._decode_fn, donate_argnames=("caches",))
+        self._step = jax.jit(self._step_fn, donate_argnames=("caches",), static_argnames=("cfg",))
+        self._first = jax.jit(_choose, static_argnames=("cfg",))
 
     def _rules(self):
         return use_mesh_rules(self.mesh) if self.mesh is not None else _nullcontext()
@@ -129,14 +139,26 @@ class Generator:
             last = jnp.take_along_axis(h, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)
             return model.llm.logits(last)[:, 0], caches, key_valid, n_valid
 
-    def _decode_fn(self, params, tokens, caches, key_valid, positions, index):
-        self.trace_counts["decode"] += 1
+    def _decode_logits(self, params, tokens, caches, key_valid, positions, index):
         with self._rules():
             model = nnx.merge(self.graphdef, params)
             key_valid = key_valid.at[:, index].set(True)
             x = model.llm.embed(tokens[:, None], model.dtype)
             h, caches, _ = model.llm(x, positions[:, None], _decode_bias(key_valid, index), caches, index)
             return model.llm.logits(h)[:, 0], caches, key_valid
+
+    def _decode_fn(self, params, tokens, caches, key_valid, positions, index):
+        """One token per row through the cache -> (logits `[B, V]`, caches, key_valid)."""
+        self.trace_counts["decode"] += 1
+        return self._decode_logits(params, tokens, caches, key_valid, positions, index)
+
+    def _step_fn(self, params, tokens, caches, key_valid, positions, index, done, key, eos, *, cfg):
+        """Decode one token and choose the next in the same compiled call (greedy / sampling)."""
+        self.trace_counts["decode"] += 1
+        logits, caches, key_valid = self._decode_logits(params, tokens, caches, key_valid, positions, index)
+        key, sub = jax.random.split(key)
+        tokens, logp, done = _choose(logits, done, sub, eos, cfg=cfg)
+        return tokens, logp, done, caches, key_valid, key
 
     def prefill(self, batch: dict, cache_len: int):
         get = lambda k: None if batch.get(k) is None else jnp.asarray(batch[k])
@@ -166,18 +188,24 @@ class Generator:
         batch = pad_batch(batch, t)
         cache_len = t + cfg.max_new_tokens
         logits, caches, key_valid, positions = self.prefill(batch, cache_len)
-        done = jnp.zeros(logits.shape[0], bool)
+        eos = jnp.int32(eos_id)
+        key, sub = jax.random.split(key)
+        tokens, logp, done = self._first(logits, jnp.zeros(logits.shape[0], bool), sub, eos, cfg=cfg)
         for step in range(cfg.max_new_tokens):
-            key, sub = jax.random.split(key)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            tokens = jnp.where(done, eos_id, _select(logits, sub, cfg))
-            step_logp = jnp.where(done, 0.0, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0])
-            done = done | (tokens == eos_id)
-            yield tokens, step_logp, done
+            yield tokens, logp, done
             if step + 1 == cfg.max_new_tokens:
                 return
-            logits, caches, key_valid = self._decode(
-                self.params, tokens, caches, key_valid, positions + step, jnp.int32(t + step)
+            tokens, logp, done, caches, key_valid, key = self._step(
+                self.params,
+                tokens,
+                caches,
+                key_valid,
+                positions + step,
+                jnp.int32(t + step),
+                done,
+                key,
+                eos,
+                cfg=cfg,
             )
 
     def generate(
