@@ -192,3 +192,37 @@ def test_load_into_concrete_model_keeps_allowed_missing(tmp_path):
     loaded = load_tensors(fresh, TensorReader.from_dir(folder), rules, allow_missing=("llm.new_embedding",))
     assert np.array_equal(np.asarray(loaded.llm.new_embedding[...]), before)
     assert np.array_equal(np.asarray(loaded.llm.lm_head[...]), np.asarray(model.llm.lm_head[...]))
+
+
+def _write_torch_bin(folder, tensors: dict) -> None:
+    torch = pytest.importorskip("torch")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, folder / "pytorch_model.bin")
+
+
+def test_molmoe_pytorch_bin_is_converted_once(tmp_path):
+    """MolmoE-1B ships a pickled state dict: read with weights_only=True, cached as safetensors."""
+    model = Molmo(tiny("olmoe"), rngs=nnx.Rngs(3))
+    src = save_pretrained(model, tmp_path / "st", layout="molmoe_hub")
+    folder = tmp_path / "bin"
+    _write_torch_bin(folder, load_file(str(src / "model.safetensors")))
+    shutil.copy(src / "config.json", folder / "config.json")
+    loaded = molmo_jax.load_pretrained(folder)
+    assert (folder / "model.safetensors").exists()
+    ids = jnp.asarray([[7, 8, 9]])
+    assert np.array_equal(np.asarray(loaded(ids).logits), np.asarray(model(ids).logits))
+
+
+class _NotATensor:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
+def test_pytorch_bin_with_objects_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    torch.save({"model.transformer.ln_f.weight": _NotATensor()}, folder / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        TensorReader.from_dir(folder)
+    assert not (folder / "model.safetensors").exists()
