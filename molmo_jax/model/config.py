@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-VISION_KINDS = ("clip", "siglip", "dinov2", "metaclip")
 LLM_FAMILIES = ("qwen2", "olmo", "olmoe")
 POOLING_KINDS = ("attention_meanq",)
 PADDING_EMBED_KINDS = ("pad_and_partial_pad", "pad_embed", "regress", "none")
@@ -51,7 +50,7 @@ class VisionConfig:
     patch_bias: bool = False
 
     def __post_init__(self):
-        _check_choice("vision.kind", self.kind, VISION_KINDS)
+        # `kind` names a registered tower (molmo_jax.model.vit.VISION_TOWERS), checked when it is built.
         _check_choice("vision.activation", self.activation, ("quick_gelu", "gelu", "gelu_tanh"))
         if self.image_size[0] % self.patch_size or self.image_size[1] % self.patch_size:
             raise ConfigError(
@@ -189,7 +188,26 @@ def _build(cls, values: dict, prefix: str):
 # --------------------------------------------------------------------------------------------------
 # Presets
 
-CLIP_L14_336 = VisionConfig()
+CLIP_L14_336 = VisionConfig()  # openai/clip-vit-large-patch14-336 as Molmo uses it (23 of 24 blocks)
+# facebook/metaclip-l14-fullcc2.5b: the CLIP architecture with all 24 blocks (MOLMO_SPEC §1.3).
+METACLIP_L14_336 = VisionConfig(kind="metaclip", num_layers=24)
+# google/siglip-so400m-patch14-384 at 378 px: 27x27 patches, no CLS token, no pre-LN, patch bias.
+SIGLIP_SO400M_378 = VisionConfig(
+    kind="siglip",
+    image_size=(378, 378),
+    width=1152,
+    num_heads=16,
+    head_dim=72,
+    num_layers=27,
+    mlp_dim=4304,
+    activation="gelu_tanh",
+    norm_eps=1e-6,
+    pos_grid=(27, 27),
+    use_cls_token=False,
+    use_pre_norm=False,
+    patch_bias=True,
+)
+VISION_PRESETS = {"clip": CLIP_L14_336, "metaclip": METACLIP_L14_336, "siglip": SIGLIP_SO400M_378}
 
 
 def _molmo(llm: LLMConfig, projector_hidden: int, **kw) -> MolmoConfig:

@@ -7,6 +7,7 @@ the connector taps (`{layer_index: [N, tokens, width]}`). Towers register themse
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,8 @@ from molmo_jax.model.config import VisionConfig
 from molmo_jax.model.layers import Dense, LayerNorm, activation, attention_weights, normal_init, param, shard
 
 VISION_TOWERS: dict[str, Callable[..., nnx.Module]] = {}
+# Towers defined in their own modules, imported when first asked for.
+_TOWER_MODULES = {"dinov2": "molmo_jax.model.dinov2"}
 
 
 def register_tower(*kinds: str):
@@ -30,6 +33,8 @@ def register_tower(*kinds: str):
 
 
 def build_tower(config: VisionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> nnx.Module:
+    if config.kind not in VISION_TOWERS and config.kind in _TOWER_MODULES:
+        importlib.import_module(_TOWER_MODULES[config.kind])
     if config.kind not in VISION_TOWERS:
         raise ValueError(
             f"vision.kind={config.kind!r} has no tower module; registered: {sorted(VISION_TOWERS)}"
@@ -94,9 +99,12 @@ def resize_position_grid(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:
     return jax.image.resize(pos, (*grid, pos.shape[-1]), method="bicubic", antialias=True)
 
 
-@register_tower("clip", "metaclip")
+@register_tower("clip", "metaclip", "siglip")
 class CLIPViT(nnx.Module):
-    """CLIP-style ViT on pre-flattened patches (values ordered row, column, channel)."""
+    """CLIP-style ViT on pre-flattened patches (values ordered row, column, channel). The config
+    switches the CLS token, the pre-LN and the patch bias, which also makes it SigLIP's encoder."""
+
+    block_cls = ViTBlock
 
     def __init__(self, config: VisionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = config
@@ -123,7 +131,7 @@ class CLIPViT(nnx.Module):
             else None
         )
         self.blocks = nnx.List(
-            [ViTBlock(config, rngs=rngs, param_dtype=param_dtype) for _ in range(config.num_layers)]
+            [self.block_cls(config, rngs=rngs, param_dtype=param_dtype) for _ in range(config.num_layers)]
         )
 
     @property

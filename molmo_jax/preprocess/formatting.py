@@ -62,9 +62,13 @@ class FormatterConfig:
     debug: bool = False  # deterministic: first template, no dropped prefixes
 
     def __post_init__(self):
-        checks = (("prompt_type", _PROMPT_TYPES), ("message_formatting", _MESSAGE_FORMATS),
-                  ("system_prompt_kind", _SYSTEM_KINDS), ("select_answer", ("best", "first")),
-                  ("multi_annotation_weighting", (None, "root_subsegments")))
+        checks = (
+            ("prompt_type", _PROMPT_TYPES),
+            ("message_formatting", _MESSAGE_FORMATS),
+            ("system_prompt_kind", _SYSTEM_KINDS),
+            ("select_answer", ("best", "first")),
+            ("multi_annotation_weighting", (None, "root_subsegments")),
+        )
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -94,8 +98,9 @@ def as_rng(rng: RngLike) -> np.random.RandomState:
 # Prompts
 
 
-def fill_template(templates: Sequence[str], values: Mapping[str, str], rng: np.random.RandomState,
-                  debug: bool = False) -> str:
+def fill_template(
+    templates: Sequence[str], values: Mapping[str, str], rng: np.random.RandomState, debug: bool = False
+) -> str:
     """Draw a template (``rng.randint(0, n)``) and fill its ``{keyword}`` (first occurrence, as the
     original)."""
     keywords = sorted(re.findall("{([^{}]+)}", templates[0]))
@@ -166,8 +171,14 @@ def format_options(example: Mapping[str, Any]) -> tuple[str | None, str, dict]:
     return output, example["question"] + "\n" + option_text + "\n", {"option_names": names}
 
 
-def user_prompt(example: Mapping[str, Any], *, for_inference: bool, rng: np.random.RandomState,
-                cfg: FormatterConfig, image_hw: tuple[int, int] | None = None):
+def user_prompt(
+    example: Mapping[str, Any],
+    *,
+    for_inference: bool,
+    rng: np.random.RandomState,
+    cfg: FormatterConfig,
+    image_hw: tuple[int, int] | None = None,
+):
     """(prompt, target or None, metadata) of an example dict (the original ``get_user_prompt``)."""
     style = example.get("style")
     output, metadata = None, None
@@ -204,8 +215,10 @@ def user_prompt(example: Mapping[str, Any], *, for_inference: bool, rng: np.rand
         elif "text" in example:
             output = example["text"]
         else:
-            raise ValueError("example has no target (answers / answer / answer_with_points / text); "
-                             "use for_inference=True for prompts without answers")
+            raise ValueError(
+                "example has no target (answers / answer / answer_with_points / text); "
+                "use for_inference=True for prompts without answers"
+            )
     return prompt, output, metadata
 
 
@@ -224,8 +237,14 @@ def annotate_answer(answer: str, annotations: Sequence[Mapping[str, Any]]) -> st
     return answer
 
 
-def system_prefix(style: str | None, *, for_inference: bool, messages: Sequence[str],
-                  rng: np.random.RandomState, cfg: FormatterConfig) -> str:
+def system_prefix(
+    style: str | None,
+    *,
+    for_inference: bool,
+    messages: Sequence[str],
+    rng: np.random.RandomState,
+    cfg: FormatterConfig,
+) -> str:
     """Style prefix put before the first user message (the original ``get_system_prompt``).
 
     ``style``: ``"{style}:"``. ``demo_or_style``: none for android_control / demo; for demo styles
@@ -269,8 +288,14 @@ def format_messages(messages: Sequence[str], cfg: FormatterConfig) -> Conversati
     return out
 
 
-def format_conversation(message, *, for_inference: bool, rng: np.random.RandomState, cfg: FormatterConfig,
-                        image_hw: tuple[int, int] | None = None) -> tuple[Conversation, dict]:
+def format_conversation(
+    message,
+    *,
+    for_inference: bool,
+    rng: np.random.RandomState,
+    cfg: FormatterConfig,
+    image_hw: tuple[int, int] | None = None,
+) -> tuple[Conversation, dict]:
     """One conversation: a string, a list of turns, ``{"messages": [...], "style": ...}`` or an example
     dict -> formatted message strings (+ metadata)."""
     metadata: dict[str, Any] = {}
@@ -284,8 +309,9 @@ def format_conversation(message, *, for_inference: bool, rng: np.random.RandomSt
     elif "messages" in message:
         messages = list(message["messages"])
     else:
-        prompt, response, extra = user_prompt(message, for_inference=for_inference, rng=rng, cfg=cfg,
-                                              image_hw=image_hw)
+        prompt, response, extra = user_prompt(
+            message, for_inference=for_inference, rng=rng, cfg=cfg, image_hw=image_hw
+        )
         metadata.update(extra or {})
         messages = [prompt] if for_inference else [prompt, response]
     if not messages or not all(isinstance(m, str) for m in messages):
@@ -298,19 +324,27 @@ def format_conversation(message, *, for_inference: bool, rng: np.random.RandomSt
     return format_messages(messages, cfg), metadata
 
 
-def format_example(example: Mapping[str, Any], *, for_inference: bool, rng: RngLike = None,
-                   cfg: FormatterConfig | None = None,
-                   image_hw: tuple[int, int] | None = None) -> tuple[Conversation | list[Conversation], dict]:
+def format_example(
+    example: Mapping[str, Any],
+    *,
+    for_inference: bool,
+    rng: RngLike = None,
+    cfg: FormatterConfig | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> tuple[Conversation | list[Conversation], dict]:
     """Example dict -> one formatted conversation, or a list of them for ``message_list`` examples."""
     cfg = cfg or FormatterConfig()
     rng = as_rng(rng)
     if "message_list" in example:
-        convs = [format_conversation(m, for_inference=for_inference, rng=rng, cfg=cfg, image_hw=image_hw)[0]
-                 for m in example["message_list"]]
+        convs = [
+            format_conversation(m, for_inference=for_inference, rng=rng, cfg=cfg, image_hw=image_hw)[0]
+            for m in example["message_list"]
+        ]
         return convs, {}
     if "messages" in example:
-        return format_conversation(example["messages"], for_inference=for_inference, rng=rng, cfg=cfg,
-                                   image_hw=image_hw)
+        return format_conversation(
+            example["messages"], for_inference=for_inference, rng=rng, cfg=cfg, image_hw=image_hw
+        )
     return format_conversation(example, for_inference=for_inference, rng=rng, cfg=cfg, image_hw=image_hw)
 
 
@@ -338,8 +372,13 @@ def _is_multi(messages) -> bool:
     return bool(messages) and not isinstance(messages[0], str)
 
 
-def tokenize_messages(tokenizer, messages: Conversation | Sequence[Conversation], *,
-                      weight: float | None = None, weighting: str | None = None) -> TextTokens:
+def tokenize_messages(
+    tokenizer,
+    messages: Conversation | Sequence[Conversation],
+    *,
+    weight: float | None = None,
+    weighting: str | None = None,
+) -> TextTokens:
     """Token ids and loss masks of one conversation or several packed ones (each message encoded on
     its own, EOS after assistant turns). Packed: ``subsegments`` = k + 1 for conversation k and, with
     ``weighting="root_subsegments"``, loss masks scaled by ``sqrt(1 / n_conversations)``; a list

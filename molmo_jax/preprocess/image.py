@@ -37,8 +37,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _NORMALIZE_ALIASES = {
-    "openai": "openai", "clip": "openai", "metaclip": "openai",
-    "siglip": "siglip", "dino": "dino", "dinov2": "dino", "none": "none",
+    "openai": "openai",
+    "clip": "openai",
+    "metaclip": "openai",
+    "siglip": "siglip",
+    "dino": "dino",
+    "dinov2": "dino",
+    "none": "none",
 }
 _RESIZE_KINDS = ("default", "torch-bilinear", "siglip", "dino", "metaclip")
 CROP_MODES = ("overlap-and-resize-c2", "resize")
@@ -116,18 +121,23 @@ class ImagePreprocessConfig:
         if (self.image_mean is None) != (self.image_std is None):
             raise ValueError("image_mean and image_std must be given together")
         if self.crop_size <= 0 or self.patch_size <= 0 or self.crop_size % self.patch_size:
-            raise ValueError(f"crop_size {self.crop_size} must be a positive multiple of patch_size "
-                             f"{self.patch_size}")
+            raise ValueError(
+                f"crop_size {self.crop_size} must be a positive multiple of patch_size {self.patch_size}"
+            )
         if self.max_crops < 1:
             raise ValueError(f"max_crops must be >= 1, got {self.max_crops}")
         left, right = self.overlap_margins
         for m in (left, right):
             if m < 0 or m % self.pooling_h or m % self.pooling_w:
-                raise ValueError(f"overlap_margins {self.overlap_margins} must be non-negative multiples of "
-                                 f"the pooling size ({self.pooling_h}, {self.pooling_w})")
+                raise ValueError(
+                    f"overlap_margins {self.overlap_margins} must be non-negative multiples of "
+                    f"the pooling size ({self.pooling_h}, {self.pooling_w})"
+                )
         if self.crop_mode != "resize" and self.window_patches <= 0:
-            raise ValueError(f"overlap_margins {self.overlap_margins} leave no crop window in a "
-                             f"{self.patches_per_side}-patch crop")
+            raise ValueError(
+                f"overlap_margins {self.overlap_margins} leave no crop window in a "
+                f"{self.patches_per_side}-patch crop"
+            )
 
     # Derived sizes -------------------------------------------------------------------------------
     @property
@@ -248,8 +258,10 @@ def _pil_to_rgb(image: Image.Image, name: str, max_pixels: int) -> np.ndarray:
     if w <= 0 or h <= 0:
         raise EmptyImageError(f"{name}: image has zero size ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageTooLargeError(f"{name}: image is {w}x{h} = {w * h:,} pixels, more than the limit of "
-                                 f"{max_pixels:,} (max_image_pixels)")
+        raise ImageTooLargeError(
+            f"{name}: image is {w}x{h} = {w * h:,} pixels, more than the limit of "
+            f"{max_pixels:,} (max_image_pixels)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency warnings, as the original
@@ -332,8 +344,9 @@ def fit_size(height: int, width: int, out_h: int, out_w: int) -> tuple[int, int]
     return max(int(f32(height) * scale), 1), max(int(f32(width) * scale), 1)
 
 
-def letterbox(image: np.ndarray, out_hw: tuple[int, int], cfg: ImagePreprocessConfig,
-              cache: dict | None = None):
+def letterbox(
+    image: np.ndarray, out_hw: tuple[int, int], cfg: ImagePreprocessConfig, cache: dict | None = None
+):
     """uint8 ``[H, W, 3]`` -> (normalised float32 ``[out_h, out_w, 3]``, image box (top, left, h, w)).
 
     "default" resize: aspect-preserving resize, centred (extra pixel bottom/right), padded with
@@ -375,8 +388,9 @@ def patch_coverage(box: tuple[int, int, int, int], size_hw: tuple[int, int], pat
     return np.float32(rows[:, None] * cols[None, :]) / np.float32(patch * patch)
 
 
-def to_patches(canvas: np.ndarray, origins: Sequence[tuple[int, int]], cfg: ImagePreprocessConfig,
-               out: np.ndarray) -> None:
+def to_patches(
+    canvas: np.ndarray, origins: Sequence[tuple[int, int]], cfg: ImagePreprocessConfig, out: np.ndarray
+) -> None:
     """Copy the crops at pixel ``origins`` (y0, x0) of ``canvas`` ``[H, W, 3]`` into ``out`` ``[n, P, D]``."""
     n, ps = cfg.patches_per_side, cfg.patch_size
     for k, (y0, x0) in enumerate(origins):
@@ -393,8 +407,10 @@ def select_tiling(h: float, w: float, window: int, max_crops: int) -> tuple[int,
     the margins) give scale inf (side exactly 0) or negative scales, i.e. the other side decides
     or 1x1.
     """
-    tilings = sorted(((i, j) for i in range(1, max_crops + 1) for j in range(1, max_crops + 1)
-                      if i * j <= max_crops), key=lambda t: (t[0] * t[1], t[0]))
+    tilings = sorted(
+        ((i, j) for i in range(1, max_crops + 1) for j in range(1, max_crops + 1) if i * j <= max_crops),
+        key=lambda t: (t[0] * t[1], t[0]),
+    )
     cands = np.asarray(tilings, np.int32)
     res = (cands * window).astype(np.float32)
     with np.errstate(divide="ignore"):
@@ -438,8 +454,9 @@ def image_to_inputs(image: np.ndarray, cfg: ImagePreprocessConfig, ids: ImageTok
             masks = patch_coverage(box, (cs, cs), cfg.patch_size).reshape(1, -1)
         return ImageInputs(crops, masks, glob_block, glob_index.reshape(1, T))
 
-    rows, cols = select_tiling(image.shape[0] - cfg.margin_px, image.shape[1] - cfg.margin_px,
-                               cfg.window_px, cfg.max_crops)
+    rows, cols = select_tiling(
+        image.shape[0] - cfg.margin_px, image.shape[1] - cfg.margin_px, cfg.window_px, cfg.max_crops
+    )
     canvas_hw = (rows * cfg.window_px + cfg.margin_px, cols * cfg.window_px + cfg.margin_px)
     cache: dict = {}
     canvas, box = letterbox(image, canvas_hw, cfg, cache)
@@ -475,8 +492,7 @@ def image_to_inputs(image: np.ndarray, cfg: ImagePreprocessConfig, ids: ImageTok
         # The original pads the high-res masks with one row of -1 at the end and pairs them with the
         # crops (global first): the global view gets crop 0's mask and the last crop gets -1.
         masks = np.stack(hires + [np.full(cfg.patches_per_crop, -1.0, np.float32)])
-    return ImageInputs(crops, masks, np.concatenate([glob_block, hires_block]),
-                       patch_index.reshape(-1, T))
+    return ImageInputs(crops, masks, np.concatenate([glob_block, hires_block]), patch_index.reshape(-1, T))
 
 
 def image_token_count(height: int, width: int, cfg: ImagePreprocessConfig) -> int:

@@ -54,7 +54,7 @@ class SequenceTooLongError(ValueError):
 
 
 def _preset_key(name: str) -> str | None:
-    """"allenai/Molmo-7B-D-0924", "Molmo-7B-D", "molmo_7b_d" -> "molmo-7b-d"."""
+    """ "allenai/Molmo-7B-D-0924", "Molmo-7B-D", "molmo_7b_d" -> "molmo-7b-d"."""
     key = name.split("/")[-1].lower().replace("_", "-")
     for suffix in ("-0924", "-1024"):
         key = key.removesuffix(suffix)
@@ -114,9 +114,18 @@ def _configs_from_checkpoint(config: dict, pre: dict) -> tuple[dict, dict]:
     elif "image_mean" in pre and "image_std" in pre:
         img["image_mean"], img["image_std"] = tuple(pre["image_mean"]), tuple(pre["image_std"])
 
-    text = {k: config[k] for k in ("prompt_type", "message_formatting", "system_prompt_kind",
-                                   "always_start_with_space", "default_inference_len",
-                                   "multi_annotation_weighting") if k in config}
+    text = {
+        k: config[k]
+        for k in (
+            "prompt_type",
+            "message_formatting",
+            "system_prompt_kind",
+            "always_start_with_space",
+            "default_inference_len",
+            "multi_annotation_weighting",
+        )
+        if k in config
+    }
     return img, text
 
 
@@ -131,20 +140,33 @@ class MolmoProcessor:
         batch = proc.collate([inputs, other], pad_to_length=1536, max_crops=13)
     """
 
-    def __init__(self, tokenizer: MolmoTokenizer, image_config: ImagePreprocessConfig | None = None,
-                 format_config: fmt.FormatterConfig | None = None, *, max_sequence_length: int | None = None):
+    def __init__(
+        self,
+        tokenizer: MolmoTokenizer,
+        image_config: ImagePreprocessConfig | None = None,
+        format_config: fmt.FormatterConfig | None = None,
+        *,
+        max_sequence_length: int | None = None,
+    ):
         self.tokenizer = tokenizer
         self.image_config = image_config or ImagePreprocessConfig()
         self.format_config = format_config or fmt.FormatterConfig()
         self.max_sequence_length = max_sequence_length
-        self.image_token_ids = ImageTokenIds(tokenizer.image_start_id, tokenizer.image_end_id,
-                                             tokenizer.image_patch_id, tokenizer.image_col_id)
+        self.image_token_ids = ImageTokenIds(
+            tokenizer.image_start_id, tokenizer.image_end_id, tokenizer.image_patch_id, tokenizer.image_col_id
+        )
 
     # Construction -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_name: str | os.PathLike, *,
-                        tokenizer: MolmoTokenizer | str | None = None, pad_to: int | None = None,
-                        max_sequence_length: int | None = None, **overrides) -> MolmoProcessor:
+    def from_pretrained(
+        cls,
+        path_or_name: str | os.PathLike,
+        *,
+        tokenizer: MolmoTokenizer | str | None = None,
+        pad_to: int | None = None,
+        max_sequence_length: int | None = None,
+        **overrides,
+    ) -> MolmoProcessor:
         """From a checkpoint folder (``config.json``, optional ``preprocessor_config.json`` and tokenizer
         files) or a released-model name (``"Molmo-7B-D"``, ``"allenai/MolmoE-1B-0924"``, ...).
 
@@ -165,8 +187,10 @@ class MolmoProcessor:
         else:
             key = _preset_key(str(path_or_name))
             if key is None:
-                raise ValueError(f"{path_or_name!r} is neither a checkpoint folder nor a released model "
-                                 f"({', '.join(PRESETS)})")
+                raise ValueError(
+                    f"{path_or_name!r} is neither a checkpoint folder nor a released model "
+                    f"({', '.join(PRESETS)})"
+                )
             name, preset_pad = PRESETS[key]
             pad_to = preset_pad if pad_to is None else pad_to
             tok_source = tokenizer if tokenizer is not None else name
@@ -188,19 +212,31 @@ class MolmoProcessor:
         image_config = ImagePreprocessConfig(**img_kw)
         if path.is_dir():
             pre = _load_json(path / "preprocessor_config.json")
-            derived = {"image_token_length_h": image_config.tokens_h,
-                       "image_token_length_w": image_config.tokens_w}
+            derived = {
+                "image_token_length_h": image_config.tokens_h,
+                "image_token_length_w": image_config.tokens_w,
+            }
             for key, value in derived.items():
                 if key in pre and pre[key] != value:
-                    raise ValueError(f"{path / 'preprocessor_config.json'}: {key}={pre[key]} but the crop "
-                                     f"and pooling sizes give {value}")
-        return cls(tok_source, image_config, fmt.FormatterConfig(**text_kw),
-                   max_sequence_length=max_sequence_length)
+                    raise ValueError(
+                        f"{path / 'preprocessor_config.json'}: {key}={pre[key]} but the crop "
+                        f"and pooling sizes give {value}"
+                    )
+        return cls(
+            tok_source, image_config, fmt.FormatterConfig(**text_kw), max_sequence_length=max_sequence_length
+        )
 
     # Public calls -------------------------------------------------------------------------------
-    def __call__(self, images: ImageSource | Sequence[ImageSource] | None = None, text: str | None = None, *,
-                 style: str | None = "demo", messages: Sequence | None = None, weight: float | None = None,
-                 rng: fmt.RngLike = None) -> dict[str, np.ndarray]:
+    def __call__(
+        self,
+        images: ImageSource | Sequence[ImageSource] | None = None,
+        text: str | None = None,
+        *,
+        style: str | None = "demo",
+        messages: Sequence | None = None,
+        weight: float | None = None,
+        rng: fmt.RngLike = None,
+    ) -> dict[str, np.ndarray]:
         """Model inputs for one example.
 
         Inference: ``text`` is the user prompt (may contain ``<|image|>``), formatted as
@@ -215,20 +251,30 @@ class MolmoProcessor:
             raise ValueError("give exactly one of text= (inference prompt) or messages= (training)")
         rng = fmt.as_rng(rng)
         if text is not None:
-            conv, _ = fmt.format_conversation({"prompt": text, "style": style}, for_inference=True, rng=rng,
-                                              cfg=self.format_config)
+            conv, _ = fmt.format_conversation(
+                {"prompt": text, "style": style}, for_inference=True, rng=rng, cfg=self.format_config
+            )
             out = self.encode(images, conv)
             return {k: v for k, v in out.items() if k not in ("target_tokens", "loss_masks")}
         if not messages:
             raise ValueError("messages is empty")
         multi = not isinstance(messages[0], str)
-        convs = [fmt.format_conversation({"messages": m, "style": style}, for_inference=False, rng=rng,
-                                         cfg=self.format_config)[0]
-                 for m in (messages if multi else [messages])]
+        convs = [
+            fmt.format_conversation(
+                {"messages": m, "style": style}, for_inference=False, rng=rng, cfg=self.format_config
+            )[0]
+            for m in (messages if multi else [messages])
+        ]
         return self.encode(images, convs if multi else convs[0], weight=weight)
 
-    def process_example(self, example: Mapping[str, Any], *, for_inference: bool = False,
-                        shuffle_conversations: bool = False, rng: fmt.RngLike = None) -> dict[str, Any]:
+    def process_example(
+        self,
+        example: Mapping[str, Any],
+        *,
+        for_inference: bool = False,
+        shuffle_conversations: bool = False,
+        rng: fmt.RngLike = None,
+    ) -> dict[str, Any]:
         """A dataset example dict (``image`` + prompt/question/answer/points/message_list, ``style``,
         optional ``weight``) -> model inputs, as the original ``Preprocessor``: image loading, prompt
         formatting with the example's rng, optional shuffling of packed conversations
@@ -237,9 +283,13 @@ class MolmoProcessor:
         image = None
         if example.get("image") is not None:
             image = load_image(example["image"], max_pixels=self.image_config.max_image_pixels)
-        convs, metadata = fmt.format_example(example, for_inference=for_inference, rng=rng,
-                                             cfg=self.format_config,
-                                             image_hw=None if image is None else image.shape[:2])
+        convs, metadata = fmt.format_example(
+            example,
+            for_inference=for_inference,
+            rng=rng,
+            cfg=self.format_config,
+            image_hw=None if image is None else image.shape[:2],
+        )
         if shuffle_conversations and convs and not isinstance(convs[0], str):
             rng.shuffle(convs)
         out = self.encode(image, convs, weight=example.get("weight"))
@@ -254,21 +304,31 @@ class MolmoProcessor:
         return self.tokenizer.decode(ids)
 
     # Assembly -----------------------------------------------------------------------------------
-    def encode(self, images: ImageSource | Sequence[ImageSource] | None,
-               conversations: fmt.Conversation | Sequence[fmt.Conversation], *,
-               weight: float | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self,
+        images: ImageSource | Sequence[ImageSource] | None,
+        conversations: fmt.Conversation | Sequence[fmt.Conversation],
+        *,
+        weight: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """Formatted conversation(s) (message strings, e.g. from :func:`formatting.format_example`) +
         images -> all model-input arrays (the original ``MultiModalPreprocessor.__call__``). Image
         preprocessing is deterministic (no training-time resize augmentation)."""
         cfg = self.image_config
-        text = fmt.tokenize_messages(self.tokenizer, conversations, weight=weight,
-                                     weighting=self.format_config.multi_annotation_weighting)
+        text = fmt.tokenize_messages(
+            self.tokenizer,
+            conversations,
+            weight=weight,
+            weighting=self.format_config.multi_annotation_weighting,
+        )
         tokens, loss_masks, subsegments = text
         image_list = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
         placeholders = np.nonzero(tokens == self.tokenizer.image_placeholder_id)[0]
         if placeholders.size and placeholders.size != len(image_list):
-            raise ValueError(f"the prompt has {placeholders.size} <|image|> placeholder(s) but "
-                             f"{len(image_list)} image(s) were given")
+            raise ValueError(
+                f"the prompt has {placeholders.size} <|image|> placeholder(s) but "
+                f"{len(image_list)} image(s) were given"
+            )
         ends_with_eos = len(tokens) > 0 and tokens[-1] == self.tokenizer.eos_id
         if len(tokens) and not ends_with_eos and loss_masks[-1]:
             raise ValueError("the last message has a loss but no EOS")
@@ -288,8 +348,9 @@ class MolmoProcessor:
             masks.append(loss_masks[prev:cut])
             if subsegments is not None:
                 segs.append(subsegments[prev:cut])
-                segs.append(np.full(len(inp.tokens), fmt.IMAGE_SUBSEGMENT if not placeholders.size else cut,
-                                    np.int32))
+                segs.append(
+                    np.full(len(inp.tokens), fmt.IMAGE_SUBSEGMENT if not placeholders.size else cut, np.int32)
+                )
             length += cut - prev
             idx.append(_shift_patch_index(inp.patch_index, length))
             seq.append(inp.tokens)
@@ -315,8 +376,13 @@ class MolmoProcessor:
         def join(arrays):  # no copy for the usual single image
             return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
-        out = {"input_ids": input_ids, "target_tokens": target, "loss_masks": loss,
-               "images": join([i.crops for i in inputs]), "image_input_idx": image_input_idx}
+        out = {
+            "input_ids": input_ids,
+            "target_tokens": target,
+            "loss_masks": loss,
+            "images": join([i.crops for i in inputs]),
+            "image_input_idx": image_input_idx,
+        }
         if cfg.image_padding_mask:
             out["image_masks"] = join([i.image_masks for i in inputs])
         self._add_positions(out, np.concatenate(segs) if subsegments is not None else None, ends_with_eos)
@@ -329,11 +395,18 @@ class MolmoProcessor:
         computed but unused), which cannot train; we use the shifted copy."""
         cfg = self.image_config
         target = tokens.astype(np.int64)
-        input_ids = np.concatenate([[self.tokenizer.bos_id], target[:-1]]).astype(np.int64) if ends_with_eos \
+        input_ids = (
+            np.concatenate([[self.tokenizer.bos_id], target[:-1]]).astype(np.int64)
+            if ends_with_eos
             else target.copy()
-        out = {"input_ids": input_ids, "target_tokens": target, "loss_masks": loss_masks.astype(np.float32),
-               "images": np.zeros((0, cfg.patches_per_crop, cfg.patch_dim), np.float32),
-               "image_input_idx": np.zeros((0, cfg.tokens_per_crop), np.int32)}
+        )
+        out = {
+            "input_ids": input_ids,
+            "target_tokens": target,
+            "loss_masks": loss_masks.astype(np.float32),
+            "images": np.zeros((0, cfg.patches_per_crop, cfg.patch_dim), np.float32),
+            "image_input_idx": np.zeros((0, cfg.tokens_per_crop), np.int32),
+        }
         if cfg.image_padding_mask:
             out["image_masks"] = np.zeros((0, cfg.patches_per_crop), np.float32)
         if subsegments is not None:
@@ -362,11 +435,17 @@ class MolmoProcessor:
         if self.max_sequence_length is not None and n > self.max_sequence_length:
             raise SequenceTooLongError(
                 f"example has {n} tokens ({int((out['image_input_idx'] >= 0).sum())} image features), more "
-                f"than max_sequence_length={self.max_sequence_length}; shorten the text or lower max_crops")
+                f"than max_sequence_length={self.max_sequence_length}; shorten the text or lower max_crops"
+            )
 
     # Batching -----------------------------------------------------------------------------------
-    def collate(self, examples: Sequence[Mapping[str, np.ndarray]], *, pad_to_length: int | None = None,
-                max_crops: int | None = None) -> dict[str, np.ndarray]:
+    def collate(
+        self,
+        examples: Sequence[Mapping[str, np.ndarray]],
+        *,
+        pad_to_length: int | None = None,
+        max_crops: int | None = None,
+    ) -> dict[str, np.ndarray]:
         """Stack examples into a batch, right-padding every array with -1 (the original ``MMCollator``).
 
         Text arrays -> ``[B, pad_to_length or longest]``; image arrays ->
@@ -386,8 +465,12 @@ def _shift_patch_index(patch_index: np.ndarray, offset: int) -> np.ndarray:
     return np.where((patch_index < 0) & (shifted >= 0), patch_index, shifted).astype(np.int32)
 
 
-def collate(examples: Sequence[Mapping[str, np.ndarray]], *, pad_to_length: int | None = None,
-            max_crops: int | None = None) -> dict[str, np.ndarray]:
+def collate(
+    examples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    pad_to_length: int | None = None,
+    max_crops: int | None = None,
+) -> dict[str, np.ndarray]:
     """Batch of examples -> ``[B, ...]`` arrays padded with -1 (see :meth:`MolmoProcessor.collate`)."""
     if not examples:
         raise ValueError("collate needs at least one example")
@@ -411,8 +494,9 @@ def collate(examples: Sequence[Mapping[str, np.ndarray]], *, pad_to_length: int 
             if value is None:
                 raise ValueError(f"example {b} has no {key!r} while others do")
             if len(value) != lengths[b]:
-                raise ValueError(f"example {b}: {key!r} has length {len(value)} but input_ids has "
-                                 f"{lengths[b]}")
+                raise ValueError(
+                    f"example {b}: {key!r} has length {len(value)} but input_ids has {lengths[b]}"
+                )
             arr[b, : len(value)] = value
         out[key] = arr
     crops = [len(ex["images"]) if "images" in ex else 0 for ex in examples]

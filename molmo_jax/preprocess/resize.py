@@ -194,9 +194,7 @@ def resize_float(image_wh: np.ndarray, out_hw: tuple[int, int], filt: Filter = "
     return x
 
 
-def resize_uint8(
-    image_u8: np.ndarray, out_hw: tuple[int, int], filt: Filter, antialias: bool
-) -> np.ndarray:
+def resize_uint8(image_u8: np.ndarray, out_hw: tuple[int, int], filt: Filter, antialias: bool) -> np.ndarray:
     """uint8 ``[H, W, C]`` -> uint8 ``[h, w, C]`` with PyTorch's fixed-point uint8 resampling."""
     h_out, w_out = out_hw
     h_in, w_in = image_u8.shape[:2]

@@ -21,7 +21,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 IM_START, IM_END, IM_PATCH, IM_COL, IMAGE_PROMPT = (
-    "<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<|image|>"
+    "<im_start>",
+    "<im_end>",
+    "<im_patch>",
+    "<im_col>",
+    "<|image|>",
 )
 IMAGE_TOKENS = (IM_START, IM_END, IM_PATCH, IM_COL, IMAGE_PROMPT)
 _EOS_GUESSES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
@@ -220,8 +224,9 @@ class MolmoTokenizer:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if i < 0 or i >= self.vocab_size]
         if bad:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]} "
-                             "(strip -1 padding before decoding)")
+            raise ValueError(
+                f"token ids out of range [0, {self.vocab_size}): {bad[:5]} (strip -1 padding before decoding)"
+            )
         if self.bos_id == self.eos_id and ids and ids[0] == self.eos_id:
             ids = ids[1:]
         if truncate_at_eos:
@@ -279,8 +284,11 @@ class MolmoTokenizer:
             raise TokenizerError(f"{path}: expected tokenizer.json(.gz) or a SentencePiece .model file")
         config = _read_json(path.parent / "tokenizer_config.json") or {}
         special_map = _read_json(path.parent / "special_tokens_map.json") or {}
-        eos_token = eos_token or _token_content(config.get("eos_token")) or _token_content(
-            special_map.get("eos_token"))
+        eos_token = (
+            eos_token
+            or _token_content(config.get("eos_token"))
+            or _token_content(special_map.get("eos_token"))
+        )
         if bos_token is None:
             bos_token = _token_content(config.get("bos_token", special_map.get("bos_token")))
         eos_id, bos_id = _resolve_eos_bos(backend, eos_token, bos_token, path)
@@ -302,13 +310,15 @@ class MolmoTokenizer:
             backend.add_special(list(IMAGE_TOKENS))
             image_ids = {t: backend.token_to_id(t) for t in IMAGE_TOKENS}
             if pad_to is not None and [image_ids[t] for t in IMAGE_TOKENS] != list(range(pad_to, pad_to + 5)):
-                raise TokenizerError(f"{path}: image tokens got ids {image_ids}, "
-                                     f"expected {pad_to}..{pad_to + 4}")
+                raise TokenizerError(
+                    f"{path}: image tokens got ids {image_ids}, expected {pad_to}..{pad_to + 4}"
+                )
         return cls(backend, eos_id=eos_id, bos_id=bos_id, image_token_ids=image_ids)
 
     @classmethod
-    def from_pretrained(cls, dir_or_name: str | os.PathLike, *, pad_to: int | None = None,
-                        **kwargs) -> MolmoTokenizer:
+    def from_pretrained(
+        cls, dir_or_name: str | os.PathLike, *, pad_to: int | None = None, **kwargs
+    ) -> MolmoTokenizer:
         """Load from a folder (a checkpoint or a tokenizer folder) or a tokenizer name.
 
         A name (``"Qwen2-7B"``, ``"allenai/dolma2-tokenizer"`` -> ``allenai_dolma2-tokenizer``) is
@@ -337,8 +347,9 @@ def _resolve_eos_bos(backend, eos_token: str | None, bos_token: str | None, path
     else:
         found = [backend.token_to_id(t) for t in _EOS_GUESSES if backend.token_to_id(t) is not None]
         if not found:
-            raise TokenizerError(f"{path}: cannot tell the EOS token; pass eos_token=... or add a "
-                                 "tokenizer_config.json")
+            raise TokenizerError(
+                f"{path}: cannot tell the EOS token; pass eos_token=... or add a tokenizer_config.json"
+            )
         eos_id = found[0]
     if bos_token is not None:
         bos_id = lookup(bos_token, "BOS")
