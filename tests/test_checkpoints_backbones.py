@@ -453,6 +453,7 @@ def test_dinov2_is_a_registered_tower():
             pos_grid=(2, 2),
             use_pre_norm=False,
             patch_bias=True,
+            layer_scale=True,
         ),
         rngs=nnx.Rngs(0),
     )
@@ -469,3 +470,37 @@ def test_init_stage1_names_a_wrong_folder(tmp_path):
         init_stage1(llm, llm, get_preset("molmo_7b_d"))
     with pytest.raises(FileNotFoundError):
         init_stage1(tmp_path / "none", llm, get_preset("molmo_7b_d"))
+
+
+@pytest.mark.parametrize(
+    "kind,normalize", [("siglip", "siglip"), ("dinov2", "dino"), ("metaclip", "metaclip")]
+)
+def test_tower_choice_sets_preprocessing(tmp_path, kind, normalize):
+    """A checkpoint with a non-CLIP tower gets that tower's normalisation and resize from its config."""
+    from molmo_jax.checkpoints.hf import save_pretrained
+    from molmo_jax.model.config import tiny
+    from molmo_jax.model.molmo import Molmo
+    from molmo_jax.preprocess.image import _NORMALIZE_ALIASES
+    from molmo_jax.preprocess.processor import MolmoProcessor
+    from molmo_jax.preprocess.tokenizer import MolmoTokenizer
+
+    preset = DINOV2_LARGE_336 if kind == "dinov2" else VISION_PRESETS[kind]
+    base = tiny()
+    vision = VisionConfig(
+        **{
+            **base.vision.__dict__,
+            "kind": kind,
+            "resize_mode": preset.resize_mode,
+            "patch_bias": preset.patch_bias,
+            "use_pre_norm": preset.use_pre_norm,
+            "layer_scale": preset.layer_scale,
+        }
+    )
+    model = Molmo(base.replace(vision=vision), rngs=nnx.Rngs(0))
+    folder = save_pretrained(model, tmp_path / kind)
+    assert molmo_jax.load_pretrained(folder).config.vision == vision
+    tok = MolmoTokenizer.from_pretrained("Qwen2-7B")
+    proc = MolmoProcessor.from_pretrained(folder, tokenizer=tok, overlap_margins=(2, 2))
+    assert _NORMALIZE_ALIASES[proc.image_config.normalize] == _NORMALIZE_ALIASES[normalize]
+    assert proc.image_config.resize == preset.resize_mode
+    assert proc.image_config.crop_size == 84

@@ -197,16 +197,21 @@ class VisionImport:
     prefixes: tuple[str, ...]  # tensor-name prefixes tried in order (vision-only vs full models)
     dropped: tuple[str, ...]  # names (relative to the prefix) the original discards
     layer_key: str  # f"{prefix}{layer_key}{i}." starts HF block i
+    resize_mode: str  # the preprocessing resize that belongs to the tower
 
 
 VISION_IMPORTS = {
-    "clip": VisionImport(_clip_like_rules, ("vision_model.",), ("post_layernorm.",), "encoder.layers."),
-    "metaclip": VisionImport(_clip_like_rules, ("vision_model.",), ("post_layernorm.",), "encoder.layers."),
+    "clip": VisionImport(
+        _clip_like_rules, ("vision_model.",), ("post_layernorm.",), "encoder.layers.", "default"
+    ),
+    "metaclip": VisionImport(
+        _clip_like_rules, ("vision_model.",), ("post_layernorm.",), "encoder.layers.", "metaclip"
+    ),
     "siglip": VisionImport(
-        _clip_like_rules, ("vision_model.",), ("post_layernorm.", "head."), "encoder.layers."
+        _clip_like_rules, ("vision_model.",), ("post_layernorm.", "head."), "encoder.layers.", "siglip"
     ),
     "dinov2": VisionImport(
-        _dinov2_rules, ("", "dinov2."), ("layernorm.", "embeddings.mask_token"), "encoder.layer."
+        _dinov2_rules, ("", "dinov2."), ("layernorm.", "embeddings.mask_token"), "encoder.layer.", "dino"
     ),
 }
 _VISION_KIND = {
@@ -245,6 +250,7 @@ def vision_config_from_hf(
     if act is None:
         raise ConfigError(f"vision config.json hidden_act={cfg.get('hidden_act')!r} is not supported")
     common = dict(
+        resize_mode=VISION_IMPORTS[kind].resize_mode,
         kind=kind,
         image_size=(size, size),
         patch_size=patch,
@@ -270,6 +276,7 @@ def vision_config_from_hf(
         )
     return VisionConfig(
         **common,
+        layer_scale=True,
         mlp_dim=int(width * cfg.get("mlp_ratio", 4)),
         norm_eps=cfg.get("layer_norm_eps", 1e-6),
         use_pre_norm=False,

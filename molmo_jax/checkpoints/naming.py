@@ -159,6 +159,8 @@ def vision_rules(v: VisionConfig, hf_prefix: str, ours: str = "vision") -> list[
             linear(f"{hb}feed_forward.w2.weight", f"{ob}mlp.w2.kernel", w, v.mlp_dim),
             same(f"{hb}feed_forward.w2.bias", f"{ob}mlp.w2.bias", (w,)),
         ]
+        if v.layer_scale:
+            rules += [same(f"{hb}ls1.gamma", f"{ob}ls1", (w,)), same(f"{hb}ls2.gamma", f"{ob}ls2", (w,))]
         for hn, on in (("attention_norm", "attention_norm"), ("ffn_norm", "ffn_norm")):
             rules += [
                 same(f"{hb}{hn}.weight", f"{ob}{on}.scale", (w,)),

@@ -48,6 +48,10 @@ class VisionConfig:
     use_cls_token: bool = True
     use_pre_norm: bool = True
     patch_bias: bool = False
+    # Image resize of the preprocessing that belongs to this tower (MOLMO_SPEC §1.3): "default"
+    # (aspect-preserving letterbox, CLIP), "siglip", "dino", "metaclip" (direct resizes).
+    resize_mode: str = "default"
+    layer_scale: bool = False  # LayerScale on both residual branches (DINOv2)
 
     def __post_init__(self):
         # `kind` names a registered tower (molmo_jax.model.vit.VISION_TOWERS), checked when it is built.
@@ -190,7 +194,7 @@ def _build(cls, values: dict, prefix: str):
 
 CLIP_L14_336 = VisionConfig()  # openai/clip-vit-large-patch14-336 as Molmo uses it (23 of 24 blocks)
 # facebook/metaclip-l14-fullcc2.5b: the CLIP architecture with all 24 blocks (MOLMO_SPEC §1.3).
-METACLIP_L14_336 = VisionConfig(kind="metaclip", num_layers=24)
+METACLIP_L14_336 = VisionConfig(kind="metaclip", num_layers=24, resize_mode="metaclip")
 # google/siglip-so400m-patch14-384 at 378 px: 27x27 patches, no CLS token, no pre-LN, patch bias.
 SIGLIP_SO400M_378 = VisionConfig(
     kind="siglip",
@@ -206,6 +210,7 @@ SIGLIP_SO400M_378 = VisionConfig(
     use_cls_token=False,
     use_pre_norm=False,
     patch_bias=True,
+    resize_mode="siglip",
 )
 VISION_PRESETS = {"clip": CLIP_L14_336, "metaclip": METACLIP_L14_336, "siglip": SIGLIP_SO400M_378}
 
@@ -460,6 +465,12 @@ def from_hf_config(cfg: dict | str | Path) -> MolmoConfig:
             activation=vb.get("image_mlp_activations", "quick_gelu"),
             norm_eps=vb.get("image_norm_eps", 1e-5),
             pos_grid=(side, side),
+            resize_mode=vb.get("resize_mode", "default"),
+            # Structure flags for towers other than CLIP (absent from the released configs).
+            use_cls_token=vb.get("image_use_cls_token", True),
+            use_pre_norm=vb.get("image_use_pre_norm", True),
+            patch_bias=vb.get("image_patch_bias", False),
+            layer_scale=vb.get("image_layer_scale", False),
         )
     pool = (get("image_pooling_h") or 2, get("image_pooling_w") or 2)
     connector = ConnectorConfig(
@@ -519,8 +530,24 @@ def to_hf_config(config: MolmoConfig) -> dict:
             "image_mlp_activations": vis.activation,
             "image_num_pos": vis.pos_grid[0] * vis.pos_grid[1] + int(vis.use_cls_token),
             "image_norm_eps": vis.norm_eps,
+            "resize_mode": vis.resize_mode,
         },
     }
+    flags = {
+        "image_use_cls_token": vis.use_cls_token,
+        "image_use_pre_norm": vis.use_pre_norm,
+        "image_patch_bias": vis.patch_bias,
+        "image_layer_scale": vis.layer_scale,
+    }
+    defaults = {
+        "image_use_cls_token": True,
+        "image_use_pre_norm": True,
+        "image_patch_bias": False,
+        "image_layer_scale": False,
+    }
+    out["vision_backbone"].update(
+        {k: v for k, v in flags.items() if v != defaults[k]}
+    )  # non-CLIP towers only
     if llm.is_moe:
         out.update(
             block_type="moe",

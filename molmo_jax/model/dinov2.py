@@ -23,6 +23,8 @@ DINOV2_LARGE_336 = VisionConfig(
     norm_eps=1e-6,
     use_pre_norm=False,
     patch_bias=True,
+    resize_mode="dino",
+    layer_scale=True,
 )
 
 
@@ -41,3 +43,10 @@ class LayerScaleBlock(ViTBlock):
 @register_tower("dinov2")
 class DINOv2ViT(CLIPViT):
     block_cls = LayerScaleBlock
+
+    def __init__(self, config: VisionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        if not config.layer_scale:
+            raise ValueError(
+                "vision.kind='dinov2' needs vision.layer_scale=True (its blocks have LayerScale)"
+            )
+        super().__init__(config, rngs=rngs, param_dtype=param_dtype)
