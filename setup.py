@@ -19,6 +19,9 @@ INSTALL_REQUIRES = [
     "huggingface_hub>=0.24,<3",
     "tqdm>=4.60,<5",
     "editdistance>=0.8,<0.9",
+    "grain>=0.2.18,<0.3",
+    "array-record>=0.8,<0.9",
+    "tensorflow-datasets>=4.9.10,<5",
 ]
 
 EXTRAS = {

@@ -28,8 +28,18 @@ from molmo_jax.data.download import (
 )
 
 # Tiny timeouts keep the suite fast: slow/trickling routes outlast them by a wide margin.
-FAST = dict(workers=8, per_host=4, connect_timeout_s=0.5, read_timeout_s=0.3, deadline_s=0.8, retries=1,
-            backoff_s=0.01, max_retry_after_s=0.5, max_bytes=50_000, progress=False)
+FAST = dict(
+    workers=8,
+    per_host=4,
+    connect_timeout_s=0.5,
+    read_timeout_s=0.3,
+    deadline_s=0.8,
+    retries=1,
+    backoff_s=0.01,
+    max_retry_after_s=0.5,
+    max_bytes=50_000,
+    progress=False,
+)
 
 
 def _image_bytes(fmt: str, width: int, height: int, seed: int) -> bytes:
@@ -84,8 +94,9 @@ class _Server:
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def url(self, path: str) -> str:
@@ -98,8 +109,9 @@ class _Server:
         self._thread.join(timeout=5)
 
 
-def _send(h: BaseHTTPRequestHandler, code: int, body: bytes = b"", headers: dict | None = None,
-          length: bool = True) -> None:
+def _send(
+    h: BaseHTTPRequestHandler, code: int, body: bytes = b"", headers: dict | None = None, length: bool = True
+) -> None:
     h.send_response(code)
     for key, value in (headers or {}).items():
         h.send_header(key, value)
@@ -221,13 +233,27 @@ def test_statuses_cache_and_manifest(server, tmp_path):
     records = read_manifest(tmp_path / "manifest.jsonl")
     status = {u.replace(server.base, ""): r["status"] for u, r in records.items()}
     assert status == {
-        "/good.jpg": OK, "/good.png": OK, "/hashed.png": OK, "/flaky-429.jpg": OK, "/flaky-503.png": OK,
+        "/good.jpg": OK,
+        "/good.png": OK,
+        "/hashed.png": OK,
+        "/flaky-429.jpg": OK,
+        "/flaky-503.png": OK,
         "/redirect": OK,
-        "/wrong-hash.jpg": "hash_mismatch", "/missing.jpg": "http_404", "/text.html": "not_an_image",
-        "/truncated.jpg": "not_an_image", "/truncated.png": "not_an_image", "/slow.jpg": "timeout",
-        "/trickle.jpg": "timeout", "/cut-short.jpg": "connection_error", "/always-503.jpg": "http_503",
-        "/redirect-loop": "too_many_redirects", "/big.png": "too_large", "/big-unsized.png": "too_large",
-        refused: "connection_error", "ftp://127.0.0.1/x.jpg": "invalid_url", "not a url": "invalid_url",
+        "/wrong-hash.jpg": "hash_mismatch",
+        "/missing.jpg": "http_404",
+        "/text.html": "not_an_image",
+        "/truncated.jpg": "not_an_image",
+        "/truncated.png": "not_an_image",
+        "/slow.jpg": "timeout",
+        "/trickle.jpg": "timeout",
+        "/cut-short.jpg": "connection_error",
+        "/always-503.jpg": "http_503",
+        "/redirect-loop": "too_many_redirects",
+        "/big.png": "too_large",
+        "/big-unsized.png": "too_large",
+        refused: "connection_error",
+        "ftp://127.0.0.1/x.jpg": "invalid_url",
+        "not a url": "invalid_url",
         "/good.jpg?bad-hash": "invalid_sha256",
     }
     assert len(_manifest_lines(tmp_path)) == len(records)  # one line per unique URL
@@ -297,9 +323,14 @@ def test_resume_fetches_only_what_is_missing(server, tmp_path):
 
 def test_missing_hashes_mean_no_hash(server, tmp_path):
     # Data frames give NaN or "" where a row has no image_sha256: the image is checked with PIL instead.
-    summary = _run(tmp_path, [ImageRequest(server.url("/good.jpg"), float("nan")),
-                              ImageRequest(server.url("/good.png"), ""),
-                              ImageRequest(server.url("/text.html"), None)])
+    summary = _run(
+        tmp_path,
+        [
+            ImageRequest(server.url("/good.jpg"), float("nan")),
+            ImageRequest(server.url("/good.png"), ""),
+            ImageRequest(server.url("/text.html"), None),
+        ],
+    )
     assert summary.counts == {OK: 2, "not_an_image": 1}
 
 
@@ -320,8 +351,9 @@ def test_retry_failed_refetches_permanent_failures(server, tmp_path):
 def test_retry_after_is_honoured_and_bounded(server, tmp_path):
     server.routes["/rate-limited.jpg"] = _fail_first(429, JPEG, {"Retry-After": "30"})
     t0 = time.monotonic()
-    summary = _run(tmp_path, [server.url("/rate-limited.jpg")], retries=2, backoff_s=0.001,
-                   max_retry_after_s=0.4)
+    summary = _run(
+        tmp_path, [server.url("/rate-limited.jpg")], retries=2, backoff_s=0.001, max_retry_after_s=0.4
+    )
     assert summary.ok == 1 and time.monotonic() - t0 < 3
     first, second = server.times["/rate-limited.jpg"]
     assert 0.35 <= second - first < 2.0  # waited Retry-After (capped at 0.4 s), not the 1 ms backoff
@@ -416,3 +448,42 @@ def test_empty_request_list_and_helpers(tmp_path):
     assert cached_image_path(tmp_path, url) == tmp_path / hashlib.sha256(url.encode("utf-8")).hexdigest()
     assert is_permanent_failure("http_404") and is_permanent_failure("hash_mismatch")
     assert not any(map(is_permanent_failure, ["http_429", "http_503", "timeout", "connection_error", OK]))
+
+
+def test_file_urls_are_validated_cached_and_recorded(tmp_path):
+    src = tmp_path / "src dir"  # a space: the URL is percent-encoded
+    src.mkdir()
+    (src / "a.jpg").write_bytes(JPEG)
+    (src / "b.png").write_bytes(PNG)
+    (src / "bad.jpg").write_bytes(JPEG[: len(JPEG) // 2])
+    (src / "big.png").write_bytes(BIG_PNG)
+    url = lambda name: (src / name).as_uri()  # noqa: E731
+    reqs = [
+        ImageRequest(url("a.jpg")),
+        ImageRequest(url("b.png"), _sha(PNG)),
+        ImageRequest(url("bad.jpg")),
+        ImageRequest(url("a.jpg") + "?v=2", _sha(PNG)),  # same file, other URL, wrong hash
+        ImageRequest(url("missing.jpg")),
+        ImageRequest(url("big.png")),
+        ImageRequest("file://otherhost/x.jpg"),
+        ImageRequest(url("")),  # a directory
+    ]
+    summary = _run(tmp_path, reqs, per_host=1)
+    status = {r["url"]: r for r in _manifest_lines(tmp_path)}
+    assert status[url("a.jpg")]["status"] == OK and status[url("b.png")]["status"] == OK
+    assert status[url("bad.jpg")]["status"] == "not_an_image"
+    assert status[url("a.jpg") + "?v=2"]["status"] == "hash_mismatch"
+    assert status[url("missing.jpg")]["status"] == "not_found"
+    assert status[url("big.png")]["status"] == "too_large"
+    assert status["file://otherhost/x.jpg"]["status"] == "invalid_url"
+    assert status[url("")]["status"] == "file_error"
+    assert summary.ok == 2 and summary.total == 8
+    assert cached_image_path(tmp_path / "cache", url("a.jpg")).read_bytes() == JPEG
+    assert status[url("b.png")]["sha256"] == _sha(PNG) and status[url("b.png")]["attempts"] == 1
+    assert is_permanent_failure("not_found") and is_permanent_failure("file_error")
+    # A re-run settles everything from the manifest; a file that appears later is fetched with retry_failed.
+    (src / "missing.jpg").write_bytes(JPEG)
+    again = _run(tmp_path, reqs)
+    assert again.reused == 8 and again.fetched == 0
+    third = _run(tmp_path, reqs, retry_failed=True)
+    assert third.counts[OK] == 3

@@ -160,7 +160,11 @@ def load_tensors(
             sharding = None
             if mesh is not None:
                 names = var.get_metadata().get("out_sharding")
-                spec = logical_to_spec(names, axis_rules, mesh) if names else jax.sharding.PartitionSpec()
+                spec = (
+                    logical_to_spec(names, axis_rules, mesh, target.shape)
+                    if names
+                    else jax.sharding.PartitionSpec()
+                )
                 sharding = jax.sharding.NamedSharding(mesh, spec)
             filled[path] = jax.device_put(np.ascontiguousarray(value).astype(out_dtype, copy=False), sharding)
     unused = sorted(n for n in available - used if not any(n.startswith(p) for p in allow_unused))

@@ -42,6 +42,12 @@ never sleeps, waiting retries are rescheduled. Redirects (at most 5, http/https 
 within an attempt; the per-host limit applies to the URL's own host. Connections are direct
 (proxy environment variables are not used) and TLS certificates are verified. One process per
 manifest: the manifest is locked while a run writes it.
+
+**Local files.** ``file://`` URLs (``file:///abs/path.jpg``, host empty or ``localhost``) go through the
+same validation, sha256 check, cache copy and manifest as downloads (the synthetic data set references
+its images this way). A missing file is ``not_found`` and an unreadable one ``file_error`` (both
+permanent); other I/O errors are ``io_error`` (transient, retried). Local files are not subject to the
+per-host limit.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from email.utils import parsedate_to_datetime
 from http import client as http_client
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
+from urllib.request import url2pathname
 
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
@@ -92,10 +99,19 @@ __all__ = [
 OK = "ok"
 # Failures a re-run does not retry unless asked (`retry_failed=True`); so are all http_4xx but these.
 PERMANENT_FAILURES = frozenset(
-    {"hash_mismatch", "not_an_image", "too_large", "invalid_url", "invalid_sha256",
-     "too_many_redirects", "ssl_error"}
+    {
+        "hash_mismatch",
+        "not_an_image",
+        "too_large",
+        "invalid_url",
+        "invalid_sha256",
+        "too_many_redirects",
+        "ssl_error",
+        "not_found",
+        "file_error",
+    }
 )
-TRANSIENT_FAILURES = frozenset({"timeout", "connection_error", "dns_error", "error"})
+TRANSIENT_FAILURES = frozenset({"timeout", "connection_error", "dns_error", "io_error", "error"})
 _RETRYABLE_HTTP = frozenset({408, 425, 429})
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -104,6 +120,7 @@ _STALE_TMP_S = 3600.0
 _TMP_DIR_NAME = ".tmp"
 _URL_SAFE = "/%:@!$&'()*+,;=-._~?"  # keep reserved characters and existing escapes
 DEFAULT_USER_AGENT = "molmo-jax-pixmo-downloader/0.1 (+https://github.com/allenai/molmo)"
+_LOCAL_HOST = "file://"  # scheduler key of file:// URLs: no per-host limit
 
 
 @dataclass(frozen=True)
@@ -233,15 +250,22 @@ def download_images(
     cache = _prepare_cache_dir(Path(cache_dir))
     manifest = _prepare_manifest_path(Path(manifest_path))
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        warnings.warn("PIL ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated images will pass the check",
-                      stacklevel=2)
+        warnings.warn(
+            "PIL ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated images will pass the check", stacklevel=2
+        )
 
     unique = _dedupe(requests)
     tally = _Tally()
     with _ManifestWriter(manifest) as writer:  # locked before it is read
         tasks = _plan(unique, read_manifest(manifest), cache, retry_failed, tally)
-        with tqdm(total=len(unique), initial=tally.reused, unit="img", disable=not progress,
-                  dynamic_ncols=True, desc="download") as bar:
+        with tqdm(
+            total=len(unique),
+            initial=tally.reused,
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+            desc="download",
+        ) as bar:
             bar.set_postfix(tally.postfix(), refresh=False)
 
             def on_result(task: _Task, outcome: _Outcome) -> None:
@@ -386,7 +410,8 @@ class _Task:
 
     def __post_init__(self) -> None:
         try:
-            self.host = (urlsplit(self.request.url).hostname or "").lower()
+            parts = urlsplit(self.request.url.strip())
+            self.host = _LOCAL_HOST if parts.scheme == "file" else (parts.hostname or "").lower()
         except ValueError:
             self.host = ""
 
@@ -419,8 +444,9 @@ def _dedupe(requests: Iterable[ImageRequest | str]) -> list[ImageRequest]:
     return list(seen.values())
 
 
-def _plan(unique: list[ImageRequest], previous: dict[str, dict], cache_dir: Path, retry_failed: bool,
-          tally: _Tally) -> list[_Task]:
+def _plan(
+    unique: list[ImageRequest], previous: dict[str, dict], cache_dir: Path, retry_failed: bool, tally: _Tally
+) -> list[_Task]:
     """Tasks for the requests an earlier run did not settle; settled ones go straight to the tally."""
     tasks = []
     for req in unique:
@@ -494,9 +520,14 @@ class _Tally:
 
     def summary(self, seconds: float, manifest: Path) -> DownloadSummary:
         return DownloadSummary(
-            total=sum(self.counts.values()), counts=dict(self.counts), bytes_ok=self.bytes_ok,
-            fetched=self.fetched, reused=self.reused, bytes_downloaded=self.bytes_downloaded,
-            seconds=seconds, manifest_path=manifest,
+            total=sum(self.counts.values()),
+            counts=dict(self.counts),
+            bytes_ok=self.bytes_ok,
+            fetched=self.fetched,
+            reused=self.reused,
+            bytes_downloaded=self.bytes_downloaded,
+            seconds=seconds,
+            manifest_path=manifest,
         )
 
 
@@ -533,7 +564,7 @@ class _HostScheduler:
             host = self._ready.popleft()
             self._in_ready.discard(host)
             queue = self._queues.get(host)
-            if not queue or self._in_flight[host] >= self._per_host:
+            if not queue or self._full(host):
                 continue
             task = queue.popleft()
             if not queue:
@@ -552,14 +583,18 @@ class _HostScheduler:
         while self._delayed and self._delayed[0][0] <= now:
             self.add(heapq.heappop(self._delayed)[2])
 
+    def _full(self, host: str) -> bool:
+        return host != _LOCAL_HOST and self._in_flight[host] >= self._per_host
+
     def _mark_ready(self, host: str) -> None:
-        if host not in self._in_ready and self._queues.get(host) and self._in_flight[host] < self._per_host:
+        if host not in self._in_ready and self._queues.get(host) and not self._full(host):
             self._ready.append(host)
             self._in_ready.add(host)
 
 
-def _run_tasks(tasks: list[_Task], cache_dir: Path, opts: _Options,
-               on_result: Callable[[_Task, _Outcome], None]) -> None:
+def _run_tasks(
+    tasks: list[_Task], cache_dir: Path, opts: _Options, on_result: Callable[[_Task, _Outcome], None]
+) -> None:
     """Run every task to a final outcome, calling `on_result(task, outcome)` on this thread."""
     scheduler = _HostScheduler(opts.per_host)
     for task in tasks:
@@ -614,8 +649,9 @@ def _retry_delay(attempts: int, retry_after_s: float | None, opts: _Options) -> 
 
 
 class _FetchError(Exception):
-    def __init__(self, status: str, message: str, *, retryable: bool = False,
-                 retry_after_s: float | None = None):
+    def __init__(
+        self, status: str, message: str, *, retryable: bool = False, retry_after_s: float | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
@@ -632,7 +668,10 @@ def _attempt(task: _Task, cache_dir: Path, opts: _Options) -> _Outcome:
             cached = _verify_cached(task)
             if cached is not None:
                 return cached
-        body = _http_get(task.request.url, opts)
+        if task.host == _LOCAL_HOST:
+            body = _file_get(task.request.url, opts)
+        else:
+            body = _http_get(task.request.url, opts)
         digest = hashlib.sha256(body).hexdigest()
         failure = _verify(body, digest, task.request.sha256)
         if failure is not None:
@@ -725,6 +764,29 @@ def _parse_target(url: str) -> _Target:
     return _Target(parts.scheme, host, port, path)
 
 
+def _file_get(url: str, opts: _Options) -> bytes:
+    """The bytes of the local file named by a ``file://`` URL (at most ``opts.max_bytes``)."""
+    parts = urlsplit(url.strip())
+    if parts.netloc not in ("", "localhost") or not parts.path:
+        raise _FetchError("invalid_url", f"not a local file:// URL (host {parts.netloc!r}): {url!r}")
+    path = Path(url2pathname(parts.path))
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > opts.max_bytes:
+                raise _FetchError("too_large", f"file has {size} bytes > max_bytes {opts.max_bytes}")
+            body = f.read(opts.max_bytes + 1)
+    except FileNotFoundError as e:
+        raise _FetchError("not_found", f"no such file: {path}") from e
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        raise _FetchError("file_error", _describe(e)) from e
+    except OSError as e:
+        raise _FetchError("io_error", _describe(e), retryable=True) from e
+    if len(body) > opts.max_bytes:
+        raise _FetchError("too_large", f"file exceeds max_bytes {opts.max_bytes}")
+    return body
+
+
 def _http_get(url: str, opts: _Options) -> bytes:
     """The body of a 2xx response to GET `url`, following redirects, within `opts.deadline_s`."""
     deadline = time.monotonic() + opts.deadline_s
@@ -747,17 +809,24 @@ def _get_once(target: _Target, opts: _Options, deadline: float) -> bytes | str:
     """One request: the body, or the Location of a redirect."""
     conn_cls = http_client.HTTPSConnection if target.scheme == "https" else http_client.HTTPConnection
     kwargs = {"context": _SSL_CONTEXT} if target.scheme == "https" else {}
-    conn = conn_cls(target.host, target.port, timeout=_socket_timeout(opts.connect_timeout_s, deadline),
-                    **kwargs)
+    conn = conn_cls(
+        target.host, target.port, timeout=_socket_timeout(opts.connect_timeout_s, deadline), **kwargs
+    )
     response = None
     try:
         conn.connect()
         sock = conn.sock  # kept: http.client drops conn.sock once a 'Connection: close' reply arrives
         sock.settimeout(_socket_timeout(opts.read_timeout_s, deadline))
-        conn.request("GET", target.path, headers={
-            "User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.8",
-            "Accept-Encoding": "identity", "Connection": "close",
-        })
+        conn.request(
+            "GET",
+            target.path,
+            headers={
+                "User-Agent": opts.user_agent,
+                "Accept": "image/*,*/*;q=0.8",
+                "Accept-Encoding": "identity",
+                "Connection": "close",
+            },
+        )
         response = conn.getresponse()
         status = response.status
         location = response.getheader("Location")
@@ -765,8 +834,12 @@ def _get_once(target: _Target, opts: _Options, deadline: float) -> bytes | str:
             return location
         if not 200 <= status < 300:
             retryable = status >= 500 or status in _RETRYABLE_HTTP
-            raise _FetchError(f"http_{status}", f"HTTP {status} {response.reason}", retryable=retryable,
-                              retry_after_s=_parse_retry_after(response.getheader("Retry-After")))
+            raise _FetchError(
+                f"http_{status}",
+                f"HTTP {status} {response.reason}",
+                retryable=retryable,
+                retry_after_s=_parse_retry_after(response.getheader("Retry-After")),
+            )
         return _read_body(response, sock, opts, deadline)
     finally:
         if response is not None:
@@ -774,8 +847,9 @@ def _get_once(target: _Target, opts: _Options, deadline: float) -> bytes | str:
         conn.close()
 
 
-def _read_body(response: http_client.HTTPResponse, sock: socket.socket, opts: _Options,
-               deadline: float) -> bytes:
+def _read_body(
+    response: http_client.HTTPResponse, sock: socket.socket, opts: _Options, deadline: float
+) -> bytes:
     declared = _parse_int(response.getheader("Content-Length"))
     if declared is not None and declared > opts.max_bytes:
         raise _FetchError("too_large", f"Content-Length {declared} > max_bytes {opts.max_bytes}")
@@ -789,8 +863,9 @@ def _read_body(response: http_client.HTTPResponse, sock: socket.socket, opts: _O
         if len(body) > opts.max_bytes:
             raise _FetchError("too_large", f"body exceeds max_bytes {opts.max_bytes}")
     if declared is not None and len(body) < declared:
-        raise _FetchError("connection_error", f"body cut short: {len(body)} of {declared} bytes",
-                          retryable=True)
+        raise _FetchError(
+            "connection_error", f"body cut short: {len(body)} of {declared} bytes", retryable=True
+        )
     return bytes(body)
 
 

@@ -151,12 +151,35 @@ REGIONS = (
     ("lower left", "bottom", "lower right"),
 )
 _REGION_PHRASES = {
-    "upper left": "in the upper left", "top": "at the top", "upper right": "in the upper right",
-    "left": "on the left", "center": "in the center", "right": "on the right",
-    "lower left": "in the lower left", "bottom": "at the bottom", "lower right": "in the lower right",
+    "upper left": "in the upper left",
+    "top": "at the top",
+    "upper right": "in the upper right",
+    "left": "on the left",
+    "center": "in the center",
+    "right": "on the right",
+    "lower left": "in the lower left",
+    "bottom": "at the bottom",
+    "lower right": "in the lower right",
 }
-_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen")
+_NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+)
 
 
 def plural(kind: str) -> str:
@@ -243,8 +266,23 @@ def _unit_polygon(kind: str) -> np.ndarray:
         return np.array([[0, -1], [0.66, 0], [0, 1], [-0.66, 0]], float)
     if kind == "cross":
         a, b = 0.95, 0.32
-        return np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b],
-                         [-a, b], [-a, -b], [-b, -b]], float)
+        return np.array(
+            [
+                [-b, -a],
+                [b, -a],
+                [b, -b],
+                [a, -b],
+                [a, b],
+                [b, b],
+                [b, a],
+                [-b, a],
+                [-b, b],
+                [-a, b],
+                [-a, -b],
+                [-b, -b],
+            ],
+            float,
+        )
     if kind == "heart":
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         x = 16 * np.sin(t) ** 3
@@ -278,8 +316,9 @@ def _jitter_colour(rng: np.random.Generator, rgb: RGB, amount: int) -> RGB:
     return tuple(int(v) for v in np.clip(np.array(rgb) + d, 0, 255))
 
 
-def _sample_object_specs(rng: np.random.Generator, target: Query, num_targets: int,
-                         num_distractors: int) -> list[tuple[str, str, bool]]:
+def _sample_object_specs(
+    rng: np.random.Generator, target: Query, num_targets: int, num_distractors: int
+) -> list[tuple[str, str, bool]]:
     """(kind, colour, is_target) for every object to place."""
     colours = list(SHAPE_COLOURS)
     specs = []
@@ -291,14 +330,19 @@ def _sample_object_specs(rng: np.random.Generator, target: Query, num_targets: i
             others = [c for c in colours if c != target.colour]
             specs.append((target.kind, others[rng.integers(len(others))], False))
         else:
-            specs.append((other_kinds[rng.integers(len(other_kinds))], colours[rng.integers(len(colours))],
-                          False))
+            specs.append(
+                (other_kinds[rng.integers(len(other_kinds))], colours[rng.integers(len(colours))], False)
+            )
     return specs
 
 
-def _try_position(rng: np.random.Generator, radius: float, size: int,
-                  placed: list[tuple[float, float, float]],
-                  candidates: int = 96) -> tuple[float, float] | None:
+def _try_position(
+    rng: np.random.Generator,
+    radius: float,
+    size: int,
+    placed: list[tuple[float, float, float]],
+    candidates: int = 96,
+) -> tuple[float, float] | None:
     """A random centre at which a disc of `radius` keeps the gap to every placed disc, if one is found."""
     lo, hi = radius + EDGE_MARGIN * size, size - radius - EDGE_MARGIN * size
     xy = rng.uniform(lo, hi, (candidates, 2))
@@ -313,8 +357,9 @@ def _try_position(rng: np.random.Generator, radius: float, size: int,
     return float(xy[0, 0]), float(xy[0, 1])
 
 
-def _place_objects(rng: np.random.Generator, specs: list[tuple[str, str, bool]],
-                   size: int) -> list[ShapeObject]:
+def _place_objects(
+    rng: np.random.Generator, specs: list[tuple[str, str, bool]], size: int
+) -> list[ShapeObject]:
     """Place objects without overlap, largest first. A crowded scene shrinks an object by a size bin;
     a distractor that still does not fit is left out; a target never is (the scene is redrawn)."""
     for _ in range(20):
@@ -341,16 +386,27 @@ def _place_objects(rng: np.random.Generator, specs: list[tuple[str, str, bool]],
             placed.append((pos[0], pos[1], radius))
             rot = _max_rotation(kind)
             objects[i] = ShapeObject(
-                kind=kind, colour=colour, rgb=_jitter_colour(rng, SHAPE_COLOURS[colour], COLOUR_JITTER),
-                size=word, x=round(pos[0], 2), y=round(pos[1], 2), radius=round(radius, 2),
-                angle=round(float(rng.uniform(-rot, rot)), 1) if rot else 0.0)
+                kind=kind,
+                colour=colour,
+                rgb=_jitter_colour(rng, SHAPE_COLOURS[colour], COLOUR_JITTER),
+                size=word,
+                x=round(pos[0], 2),
+                y=round(pos[1], 2),
+                radius=round(radius, 2),
+                angle=round(float(rng.uniform(-rot, rot)), 1) if rot else 0.0,
+            )
         if not failed:
             return [objects[i] for i in sorted(objects)]
     raise RuntimeError(f"could not place {len(specs)} objects in a {size}px image")
 
 
-def sample_scene(rng: np.random.Generator, size: int = 224, *, num_targets: int | None = None,
-                 num_distractors: int | None = None) -> ShapeScene:
+def sample_scene(
+    rng: np.random.Generator,
+    size: int = 224,
+    *,
+    num_targets: int | None = None,
+    num_distractors: int | None = None,
+) -> ShapeScene:
     """Draw a random scene: 0..10 objects matching a target query plus 0..5 distractors that do not.
 
     The query is a kind (``"triangles"``: targets in random colours) or, half the time, a colour and a
@@ -371,8 +427,14 @@ def sample_scene(rng: np.random.Generator, size: int = 224, *, num_targets: int 
     background: tuple[str, ...] = (first,)
     if rng.random() < 0.5:
         background = (first, [b for b in bg_names if b != first][rng.integers(len(bg_names) - 1)])
-    return ShapeScene(size=size, background=background, gradient_angle=round(float(rng.uniform(0, 360)), 1),
-                      noise=_sample_noise(rng), objects=tuple(objects), target=target)
+    return ShapeScene(
+        size=size,
+        background=background,
+        gradient_angle=round(float(rng.uniform(0, 360)), 1),
+        noise=_sample_noise(rng),
+        objects=tuple(objects),
+        target=target,
+    )
 
 
 def _sample_noise(rng: np.random.Generator) -> int:
@@ -428,8 +490,9 @@ def object_label_map(objects: Sequence[ShapeObject], size: int) -> np.ndarray:
     return np.asarray(labels, dtype=np.int32)
 
 
-def render_shapes(rng: np.random.Generator, size: int = 224,
-                  **scene_kwargs: Any) -> tuple[Image.Image, ShapeScene]:
+def render_shapes(
+    rng: np.random.Generator, size: int = 224, **scene_kwargs: Any
+) -> tuple[Image.Image, ShapeScene]:
     """Sample and draw a scene of coloured shapes: ``(image, scene)``; ``scene.objects`` lists every
     object, ``scene.target`` the main counting / pointing query."""
     scene = sample_scene(rng, size, **scene_kwargs)
@@ -490,14 +553,20 @@ def scene_caption(scene: ShapeScene) -> str:
     n = len(scene.objects)
     if n == 0:
         return f"An empty image with a {bg} background. There are no shapes in it."
-    intro = (f"A simple digital image of {number_word(n)} coloured shape{'s' if n > 1 else ''} "
-             f"on a {bg} background.")
-    items = [describe_group(size, colour, kind, k, region)
-             for region, size, colour, kind, k in _object_groups(scene)]
+    intro = (
+        f"A simple digital image of {number_word(n)} coloured shape{'s' if n > 1 else ''} "
+        f"on a {bg} background."
+    )
+    items = [
+        describe_group(size, colour, kind, k, region)
+        for region, size, colour, kind, k in _object_groups(scene)
+    ]
     verb = "is" if items[0].startswith(("a ", "an ")) else "are"
     body = f"There {verb} {_join(items)}."
-    total = (f"In total there {'is' if n == 1 else 'are'} {n} shape{'s' if n > 1 else ''}: "
-             f"{_kind_summary(scene.objects)}.")
+    total = (
+        f"In total there {'is' if n == 1 else 'are'} {n} shape{'s' if n > 1 else ''}: "
+        f"{_kind_summary(scene.objects)}."
+    )
     return f"{intro} {body} {total}"
 
 
@@ -513,8 +582,10 @@ def scene_transcript(scene: ShapeScene, rng: np.random.Generator) -> str:
         region, size, colour, kind, k = groups[i]
         items.append(describe_group(size, colour, kind, k, region))
     n = len(scene.objects)
-    return (f"Okay, so there's a {bg} background, and I can see {_join(items, 'and then')}. "
-            f"So that's {number_word(n)} shape{'s' if n > 1 else ''} overall.")
+    return (
+        f"Okay, so there's a {bg} background, and I can see {_join(items, 'and then')}. "
+        f"So that's {number_word(n)} shape{'s' if n > 1 else ''} overall."
+    )
 
 
 def _count_sentence(n: int, noun_singular: str, noun_plural: str) -> str:
@@ -554,8 +625,10 @@ def _qa_where(scene: ShapeScene, rng: np.random.Generator) -> tuple[str, str] | 
     if not unique:
         return None
     o = unique[rng.integers(len(unique))]
-    return (f"Where is the {o.colour} {o.kind}?",
-            f"The {o.colour} {o.kind} is {position_phrase(o.x, o.y, scene.size)} of the image.")
+    return (
+        f"Where is the {o.colour} {o.kind}?",
+        f"The {o.colour} {o.kind} is {position_phrase(o.x, o.y, scene.size)} of the image.",
+    )
 
 
 def _qa_what_in_region(scene: ShapeScene, rng: np.random.Generator) -> tuple[str, str] | None:
@@ -590,12 +663,20 @@ def _qa_total(scene: ShapeScene, rng: np.random.Generator) -> tuple[str, str] | 
 def _qa_background(scene: ShapeScene, rng: np.random.Generator) -> tuple[str, str] | None:
     if len(scene.background) == 1:
         return "What colour is the background?", f"The background is {scene.background[0]}."
-    return ("What colour is the background?",
-            f"The background is a gradient from {scene.background[0]} to {scene.background[1]}.")
+    return (
+        "What colour is the background?",
+        f"The background is a gradient from {scene.background[0]} to {scene.background[1]}.",
+    )
 
 
 _QA_BUILDERS: tuple[Callable[[ShapeScene, np.random.Generator], tuple[str, str] | None], ...] = (
-    _qa_count_colour, _qa_count_kind, _qa_colour_of, _qa_where, _qa_what_in_region, _qa_exists, _qa_total,
+    _qa_count_colour,
+    _qa_count_kind,
+    _qa_colour_of,
+    _qa_where,
+    _qa_what_in_region,
+    _qa_exists,
+    _qa_total,
     _qa_background,
 )
 
@@ -627,28 +708,54 @@ def _secondary_query(scene: ShapeScene, rng: np.random.Generator) -> Query:
 # Clocks
 
 _FACE_LIGHT: dict[str, RGB] = {
-    "white": (248, 248, 248), "cream": (250, 243, 220), "light grey": (218, 218, 218),
-    "pale blue": (210, 228, 248), "pale yellow": (250, 246, 200), "pale green": (214, 240, 214),
+    "white": (248, 248, 248),
+    "cream": (250, 243, 220),
+    "light grey": (218, 218, 218),
+    "pale blue": (210, 228, 248),
+    "pale yellow": (250, 246, 200),
+    "pale green": (214, 240, 214),
 }
 _FACE_DARK: dict[str, RGB] = {
-    "black": (22, 22, 22), "navy": (20, 30, 80), "dark green": (20, 70, 40), "dark grey": (60, 60, 64),
+    "black": (22, 22, 22),
+    "navy": (20, 30, 80),
+    "dark green": (20, 70, 40),
+    "dark grey": (60, 60, 64),
     "maroon": (100, 20, 30),
 }
 _HANDS_ON_LIGHT: dict[str, RGB] = {
-    "black": (15, 15, 15), "dark grey": (60, 60, 60), "navy": (25, 35, 110), "dark brown": (80, 45, 20),
+    "black": (15, 15, 15),
+    "dark grey": (60, 60, 60),
+    "navy": (25, 35, 110),
+    "dark brown": (80, 45, 20),
     "dark green": (15, 80, 35),
 }
 _HANDS_ON_DARK: dict[str, RGB] = {
-    "white": (245, 245, 245), "light grey": (200, 200, 200), "gold": (230, 190, 60),
+    "white": (245, 245, 245),
+    "light grey": (200, 200, 200),
+    "gold": (230, 190, 60),
 }
 _SECOND_HAND: dict[str, RGB] = {
-    "red": (225, 30, 30), "orange": (250, 140, 20), "blue": (40, 110, 235), "cyan": (60, 200, 230),
+    "red": (225, 30, 30),
+    "orange": (250, 140, 20),
+    "blue": (40, 110, 235),
+    "cyan": (60, 200, 230),
 }
 _CLOCK_BACKGROUNDS: dict[str, RGB] = {
-    "white": (250, 250, 250), "light grey": (205, 205, 205), "grey": (140, 140, 140),
-    "dark grey": (60, 60, 60), "beige": (230, 220, 195), "sky blue": (150, 200, 240), "navy": (25, 35, 90),
-    "teal": (30, 130, 130), "olive": (120, 120, 40), "maroon": (110, 30, 40), "peach": (250, 200, 165),
-    "mint": (185, 235, 205), "lavender": (210, 200, 240), "brown": (120, 80, 50), "yellow": (240, 220, 90),
+    "white": (250, 250, 250),
+    "light grey": (205, 205, 205),
+    "grey": (140, 140, 140),
+    "dark grey": (60, 60, 60),
+    "beige": (230, 220, 195),
+    "sky blue": (150, 200, 240),
+    "navy": (25, 35, 90),
+    "teal": (30, 130, 130),
+    "olive": (120, 120, 40),
+    "maroon": (110, 30, 40),
+    "peach": (250, 200, 165),
+    "mint": (185, 235, 205),
+    "lavender": (210, 200, 240),
+    "brown": (120, 80, 50),
+    "yellow": (240, 220, 90),
 }
 _ROMAN = ("XII", "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI")
 
@@ -668,8 +775,11 @@ def _pick(rng: np.random.Generator, table: dict[str, RGB], exclude: Sequence[str
 
 def _pick_second_hand(rng: np.random.Generator, face: RGB, hands: Sequence[RGB]) -> str:
     """A second-hand colour that stands out from the face and from the other two hands."""
-    far = [n for n, rgb in _SECOND_HAND.items()
-           if math.dist(rgb, face) >= 190 and all(math.dist(rgb, h) >= 120 for h in hands)]
+    far = [
+        n
+        for n, rgb in _SECOND_HAND.items()
+        if math.dist(rgb, face) >= 190 and all(math.dist(rgb, h) >= 120 for h in hands)
+    ]
     return far[rng.integers(len(far))]
 
 
@@ -704,17 +814,26 @@ def _sample_clock(rng: np.random.Generator, size: int) -> dict[str, Any]:
     hands = [hand_table[hour_colour], hand_table[minute_colour]]
     second_colour = _pick_second_hand(rng, face_rgb, hands) if has_second else None
     return {
-        "hour": int(rng.integers(1, 13)), "minute": int(rng.integers(0, 60)),
+        "hour": int(rng.integers(1, 13)),
+        "minute": int(rng.integers(0, 60)),
         "second": int(rng.integers(0, 60)) if has_second else None,
-        "size": size, "center": (round(cx, 2), round(cy, 2)), "radius": round(radius, 2),
+        "size": size,
+        "center": (round(cx, 2), round(cy, 2)),
+        "radius": round(radius, 2),
         "shape": "round" if rng.random() < 0.7 else "square",
-        "face": face, "face_rgb": face_rgb,
+        "face": face,
+        "face_rgb": face_rgb,
         "border_width": round(float(rng.uniform(0.02, 0.08)) * radius, 2),
         "border_rgb": tuple(int(v) for v in rng.integers(0, 200, 3)),
-        "ticks": ticks, "tick_style": "lines" if rng.random() < 0.7 else "dots", "numerals": numerals,
-        "hour_colour": hour_colour, "hour_rgb": hand_table[hour_colour],
-        "minute_colour": minute_colour, "minute_rgb": hand_table[minute_colour],
-        "second_colour": second_colour, "second_rgb": _SECOND_HAND[second_colour] if has_second else None,
+        "ticks": ticks,
+        "tick_style": "lines" if rng.random() < 0.7 else "dots",
+        "numerals": numerals,
+        "hour_colour": hour_colour,
+        "hour_rgb": hand_table[hour_colour],
+        "minute_colour": minute_colour,
+        "minute_rgb": hand_table[minute_colour],
+        "second_colour": second_colour,
+        "second_rgb": _SECOND_HAND[second_colour] if has_second else None,
         "hour_length": round(float(rng.uniform(0.45, 0.55)) * radius, 2),
         "hour_width": round(max(3.0, float(rng.uniform(0.08, 0.11)) * radius), 2),
         "minute_length": round(float(rng.uniform(0.72, 0.85)) * radius, 2),
@@ -733,15 +852,20 @@ def _polar(cx: float, cy: float, angle_deg: float, r: float) -> tuple[float, flo
     return cx + r * math.sin(a), cy - r * math.cos(a)
 
 
-def _hand_polygon(cx: float, cy: float, angle: float, length: float, width: float, tail: float,
-                  taper: bool) -> list[tuple[float, float]]:
+def _hand_polygon(
+    cx: float, cy: float, angle: float, length: float, width: float, tail: float, taper: bool
+) -> list[tuple[float, float]]:
     a = math.radians(angle)
     d = np.array([math.sin(a), -math.cos(a)])
     n = np.array([math.cos(a), math.sin(a)])
     c = np.array([cx, cy])
     tip_half = width * (0.25 if taper else 0.5)
-    pts = [c - d * tail + n * width / 2, c + d * length + n * tip_half, c + d * length - n * tip_half,
-           c - d * tail - n * width / 2]
+    pts = [
+        c - d * tail + n * width / 2,
+        c + d * length + n * tip_half,
+        c + d * length - n * tip_half,
+        c - d * tail - n * width / 2,
+    ]
     return [(float(p[0]), float(p[1])) for p in pts]
 
 
@@ -759,8 +883,11 @@ def _draw_dial(draw: ImageDraw.ImageDraw, info: dict[str, Any]) -> None:
                 draw.ellipse([px - dot, py - dot, px + dot, py + dot], fill=ink)
             else:
                 length, width = (0.12 * r, max(1.0, 0.035 * r)) if big else (0.05 * r, max(1.0, 0.012 * r))
-                draw.line([_polar(cx, cy, i * 6, 0.95 * r - length), _polar(cx, cy, i * 6, 0.95 * r)],
-                          fill=ink, width=round(width))
+                draw.line(
+                    [_polar(cx, cy, i * 6, 0.95 * r - length), _polar(cx, cy, i * 6, 0.95 * r)],
+                    fill=ink,
+                    width=round(width),
+                )
     if info["numerals"] != "none":
         quarters = info["numerals"] == "quarters"
         font = _font(round((0.24 if quarters else 0.17) * r))
@@ -786,18 +913,25 @@ def draw_clock(info: dict[str, Any], rng: np.random.Generator | None = None) -> 
     if info["shape"] == "round":
         draw.ellipse(box, fill=info["face_rgb"], outline=info["border_rgb"], width=border)
     else:
-        draw.rounded_rectangle(box, radius=0.15 * r, fill=info["face_rgb"], outline=info["border_rgb"],
-                               width=border)
+        draw.rounded_rectangle(
+            box, radius=0.15 * r, fill=info["face_rgb"], outline=info["border_rgb"], width=border
+        )
     _draw_dial(draw, info)
     hour_angle, minute_angle, second_angle = hand_angles(info["hour"], info["minute"], info["second"])
     taper = info["hand_style"] == "taper"
-    draw.polygon(_hand_polygon(cx, cy, hour_angle, info["hour_length"], info["hour_width"], 0.1 * r, taper),
-                 fill=info["hour_rgb"])
-    draw.polygon(_hand_polygon(cx, cy, minute_angle, info["minute_length"], info["minute_width"], 0.1 * r,
-                               taper), fill=info["minute_rgb"])
+    draw.polygon(
+        _hand_polygon(cx, cy, hour_angle, info["hour_length"], info["hour_width"], 0.1 * r, taper),
+        fill=info["hour_rgb"],
+    )
+    draw.polygon(
+        _hand_polygon(cx, cy, minute_angle, info["minute_length"], info["minute_width"], 0.1 * r, taper),
+        fill=info["minute_rgb"],
+    )
     if second_angle is not None:
-        draw.polygon(_hand_polygon(cx, cy, second_angle, info["second_length"], info["second_width"], 0.2 * r,
-                                   False), fill=info["second_rgb"])
+        draw.polygon(
+            _hand_polygon(cx, cy, second_angle, info["second_length"], info["second_width"], 0.2 * r, False),
+            fill=info["second_rgb"],
+        )
     cap = 0.05 * r
     cap_rgb = info["second_rgb"] if info["second"] is not None else info["minute_rgb"]
     draw.ellipse([cx - cap, cy - cap, cx + cap, cy + cap], fill=cap_rgb)
@@ -832,32 +966,41 @@ def clock_caption(info: dict[str, Any]) -> str:
     bg_text = f"plain {bg[0]}" if len(bg) == 1 else f"{bg[0]} to {bg[1]} gradient"
     dial = []
     if info["numerals"] != "none":
-        dial.append({"all": "Arabic numerals 1 to 12", "quarters": "the numerals 12, 3, 6 and 9",
-                     "roman": "Roman numerals"}[info["numerals"]])
+        dial.append(
+            {
+                "all": "Arabic numerals 1 to 12",
+                "quarters": "the numerals 12, 3, 6 and 9",
+                "roman": "Roman numerals",
+            }[info["numerals"]]
+        )
     if info["ticks"] != "none":
         what = "hour" if info["ticks"] == "hours" else "hour and minute"
         dial.append(f"{what} {'dots' if info['tick_style'] == 'dots' else 'tick marks'}")
     where = position_phrase(*info["center"], info["size"])
-    hands = (f"a short, thick {info['hour_colour']} hour hand and a long, thin {info['minute_colour']} "
-             "minute hand")
+    hands = (
+        f"a short, thick {info['hour_colour']} hour hand and a long, thin {info['minute_colour']} minute hand"
+    )
     if info["second"] is not None:
         hands = hands.replace(" and a long", ", a long")
         hands += f" and a very thin {info['second_colour']} second hand"
     h, m, s = info["hour"], info["minute"], info["second"]
-    reading = (f"The hour hand points {_hour_position(h, m)} and the minute hand points "
-               f"{_minute_position(m)}")
+    reading = f"The hour hand points {_hour_position(h, m)} and the minute hand points {_minute_position(m)}"
     if s is not None:
         reading += f"; the second hand is at {s} second{'s' if s != 1 else ''}"
-    return (f"An analog clock with a {info['shape']} {info['face']} face and {_join(dial)}, "
-            f"{where} of the image, on a {bg_text} background. It has {hands}. {reading}. "
-            f"The time shown is {format_time(h, m, s)}.")
+    return (
+        f"An analog clock with a {info['shape']} {info['face']} face and {_join(dial)}, "
+        f"{where} of the image, on a {bg_text} background. It has {hands}. {reading}. "
+        f"The time shown is {format_time(h, m, s)}."
+    )
 
 
 def clock_transcript(info: dict[str, Any]) -> str:
     """A spoken-style description of the clock."""
     h, m, s = info["hour"], info["minute"], info["second"]
-    return (f"So this is a {info['face']} analog clock, um, the little hand is {_hour_position(h, m)} and "
-            f"the big hand is {_minute_position(m)}, so it says {format_time(h, m, s)}.")
+    return (
+        f"So this is a {info['face']} analog clock, um, the little hand is {_hour_position(h, m)} and "
+        f"the big hand is {_minute_position(m)}, so it says {format_time(h, m, s)}."
+    )
 
 
 # ==============================================================================================
@@ -879,15 +1022,17 @@ def balanced_count(seed: int, split: str, index: int) -> int:
     return int(example_rng(seed, split, "counts", block).permutation(MAX_TARGETS + 1)[pos])
 
 
-def synthetic_scene(seed: int, index: int, *, split: str = "train",
-                    image_size: int = 224) -> tuple[Image.Image, ShapeScene]:
+def synthetic_scene(
+    seed: int, index: int, *, split: str = "train", image_size: int = 224
+) -> tuple[Image.Image, ShapeScene]:
     """Scene `index` of a :func:`write_synthetic` call, in memory (the same pixels as its file)."""
     rng = example_rng(seed, split, "shapes", index)
     return render_shapes(rng, image_size, num_targets=balanced_count(seed, split, index))
 
 
-def synthetic_clock(seed: int, index: int, *, split: str = "train",
-                    image_size: int = 224) -> tuple[Image.Image, dict[str, Any]]:
+def synthetic_clock(
+    seed: int, index: int, *, split: str = "train", image_size: int = 224
+) -> tuple[Image.Image, dict[str, Any]]:
     """Clock `index` of a :func:`write_synthetic` call, in memory (the same pixels as its file)."""
     return render_clock(example_rng(seed, split, "clocks", index), image_size)
 
@@ -922,8 +1067,9 @@ def _points(objects: Sequence[ShapeObject]) -> list[dict[str, float]]:
     return [{"x": o.x, "y": o.y} for o in objects]
 
 
-def _scene_rows(scene: ShapeScene, url: str, sha: str, rng: np.random.Generator,
-                qa_per_image: int) -> dict[str, list[dict[str, Any]]]:
+def _scene_rows(
+    scene: ShapeScene, url: str, sha: str, rng: np.random.Generator, qa_per_image: int
+) -> dict[str, list[dict[str, Any]]]:
     """The rows of every dataset for one scene (pixmo_points_eval without its masks)."""
     ref = {"image_url": url, "image_sha256": sha}
     targets = scene.matching(scene.target)
@@ -931,27 +1077,46 @@ def _scene_rows(scene: ShapeScene, url: str, sha: str, rng: np.random.Generator,
     for query in (scene.target, _secondary_query(scene, rng)):
         matched = scene.matching(query)
         method = "pointing" if rng.random() < 0.5 else "counting"
-        points_rows.append({**ref, "points": _points(matched), "count": len(matched), "label": query.label,
-                            "collection_method": method})
+        points_rows.append(
+            {
+                **ref,
+                "points": _points(matched),
+                "count": len(matched),
+                "label": query.label,
+                "collection_method": method,
+            }
+        )
     return {
-        "pixmo_cap": [{"image_url": url, "caption": scene_caption(scene),
-                       "transcripts": [scene_transcript(scene, rng)]}],
+        "pixmo_cap": [
+            {"image_url": url, "caption": scene_caption(scene), "transcripts": [scene_transcript(scene, rng)]}
+        ],
         "pixmo_points": points_rows,
-        "pixmo_count": [{**ref, "count": len(targets), "points": _points(targets),
-                         "label": scene.target.label}],
-        "pixmo_ask_model_anything": [{**ref, "question": q, "answer": a}
-                                     for q, a in scene_qa(scene, rng, qa_per_image)],
-        "pixmo_points_eval": [{**ref, "points": _points(targets), "label": scene.target.label,
-                               "count": len(targets)}],
+        "pixmo_count": [
+            {**ref, "count": len(targets), "points": _points(targets), "label": scene.target.label}
+        ],
+        "pixmo_ask_model_anything": [
+            {**ref, "question": q, "answer": a} for q, a in scene_qa(scene, rng, qa_per_image)
+        ],
+        "pixmo_points_eval": [
+            {**ref, "points": _points(targets), "label": scene.target.label, "count": len(targets)}
+        ],
     }
 
 
 def _clock_rows(info: dict[str, Any], url: str, sha: str) -> dict[str, list[dict[str, Any]]]:
     return {
-        "pixmo_cap": [{"image_url": url, "caption": clock_caption(info),
-                       "transcripts": [clock_transcript(info)]}],
-        "pixmo_clocks": [{"image_url": url, "image_sha256": sha, "hour": info["hour"],
-                          "minute": info["minute"], "second": info["second"]}],
+        "pixmo_cap": [
+            {"image_url": url, "caption": clock_caption(info), "transcripts": [clock_transcript(info)]}
+        ],
+        "pixmo_clocks": [
+            {
+                "image_url": url,
+                "image_sha256": sha,
+                "hour": info["hour"],
+                "minute": info["minute"],
+                "second": info["second"],
+            }
+        ],
     }
 
 
@@ -964,16 +1129,33 @@ def _schemas() -> dict[str, Any]:
     s, sha = pa.string(), ("image_sha256", pa.string())
     return {
         "pixmo_cap": pa.schema([("image_url", s), ("caption", s), ("transcripts", pa.list_(s))]),
-        "pixmo_points": pa.schema([("image_url", s), sha, ("points", points(pa.float64())),
-                                   ("count", pa.int64()), ("label", s), ("collection_method", s)]),
-        "pixmo_count": pa.schema([("image_url", s), sha, ("count", pa.int32()),
-                                  ("points", points(pa.float32())), ("label", s)]),
+        "pixmo_points": pa.schema(
+            [
+                ("image_url", s),
+                sha,
+                ("points", points(pa.float64())),
+                ("count", pa.int64()),
+                ("label", s),
+                ("collection_method", s),
+            ]
+        ),
+        "pixmo_count": pa.schema(
+            [("image_url", s), sha, ("count", pa.int32()), ("points", points(pa.float32())), ("label", s)]
+        ),
         "pixmo_ask_model_anything": pa.schema([("image_url", s), sha, ("question", s), ("answer", s)]),
-        "pixmo_clocks": pa.schema([("image_url", s), sha, ("hour", pa.int32()), ("minute", pa.int32()),
-                                   ("second", pa.int32())]),
-        "pixmo_points_eval": pa.schema([("image_url", s), sha, ("points", points(pa.float64())),
-                                        ("masks", pa.list_(pa.list_(pa.list_(pa.bool_())))), ("label", s),
-                                        ("count", pa.int64())]),
+        "pixmo_clocks": pa.schema(
+            [("image_url", s), sha, ("hour", pa.int32()), ("minute", pa.int32()), ("second", pa.int32())]
+        ),
+        "pixmo_points_eval": pa.schema(
+            [
+                ("image_url", s),
+                sha,
+                ("points", points(pa.float64())),
+                ("masks", pa.list_(pa.list_(pa.list_(pa.bool_())))),
+                ("label", s),
+                ("count", pa.int64()),
+            ]
+        ),
     }
 
 
@@ -1025,9 +1207,18 @@ def read_points_eval(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_synthetic(out_dir: str | Path, num_images: int, seed: int = 0, *, image_size: int = 224,
-                    split: str = "train", num_clocks: int | None = None, qa_per_image: int = 2,
-                    image_format: str = "png", eval_masks: bool | None = None) -> dict[str, dict[str, Any]]:
+def write_synthetic(
+    out_dir: str | Path,
+    num_images: int,
+    seed: int = 0,
+    *,
+    image_size: int = 224,
+    split: str = "train",
+    num_clocks: int | None = None,
+    qa_per_image: int = 2,
+    image_format: str = "png",
+    eval_masks: bool | None = None,
+) -> dict[str, dict[str, Any]]:
     """Render `num_images` shape scenes and `num_clocks` (default `num_images`) clocks of `image_size`
     pixels and write them with one parquet file per PixMo dataset (layout in the module docstring).
 
@@ -1054,21 +1245,24 @@ def write_synthetic(out_dir: str | Path, num_images: int, seed: int = 0, *, imag
     for i in range(num_images):
         image, scene = synthetic_scene(seed, i, split=split, image_size=image_size)
         url, sha = _write_image(image, image_dir, f"shapes_{i:06d}", image_format)
-        for name, new in _scene_rows(scene, url, sha, example_rng(seed, split, "shape_text", i),
-                                     qa_per_image).items():
+        for name, new in _scene_rows(
+            scene, url, sha, example_rng(seed, split, "shape_text", i), qa_per_image
+        ).items():
             rows[name].extend(new)
         if eval_masks:
             labels = object_label_map(scene.objects, image_size)
-            eval_mask_rows.append([labels == k + 1 for k, o in enumerate(scene.objects)
-                                   if scene.target.matches(o)])
+            eval_mask_rows.append(
+                [labels == k + 1 for k, o in enumerate(scene.objects) if scene.target.matches(o)]
+            )
     for i in range(num_clocks):
         image, info = synthetic_clock(seed, i, split=split, image_size=image_size)
         url, sha = _write_image(image, image_dir, f"clock_{i:06d}", image_format)
         for name, new in _clock_rows(info, url, sha).items():
             rows[name].extend(new)
 
-    result: dict[str, dict[str, Any]] = {"images": {"path": str(image_dir.resolve()),
-                                                    "rows": num_images + num_clocks}}
+    result: dict[str, dict[str, Any]] = {
+        "images": {"path": str(image_dir.resolve()), "rows": num_images + num_clocks}
+    }
     for name, schema in _schemas().items():
         if name == "pixmo_points_eval" and not eval_masks:
             continue

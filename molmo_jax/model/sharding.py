@@ -47,9 +47,13 @@ _state = threading.local()
 
 
 def logical_to_spec(
-    names: Sequence[str | None], rules=DEFAULT_RULES, mesh: Mesh | None = None
+    names: Sequence[str | None],
+    rules=DEFAULT_RULES,
+    mesh: Mesh | None = None,
+    shape: Sequence[int] | None = None,
 ) -> PartitionSpec:
-    """PartitionSpec for logical names; mesh axes of size 1 or absent from `mesh` are dropped."""
+    """PartitionSpec for logical names; mesh axes of size 1 or absent from `mesh` are dropped, and
+    with `shape`, so are mesh axes that do not divide the dimension (it stays replicated there)."""
     table = dict(rules)
     used: set[str] = set()
     out = []
@@ -59,6 +63,13 @@ def logical_to_spec(
         if mesh is not None:
             axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
         axes = tuple(a for a in axes if a not in used)  # a mesh axis may shard one dimension only
+        if shape is not None and mesh is not None:
+            size, kept = shape[len(out)], []
+            for a in axes:
+                if size % mesh.shape[a] == 0:
+                    kept.append(a)
+                    size //= mesh.shape[a]
+            axes = tuple(kept)
         used.update(axes)
         out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*out)
@@ -91,7 +102,8 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
         names = var.get_metadata().get("out_sharding") if hasattr(var, "get_metadata") else None
         if names is None:
             return NamedSharding(mesh, PartitionSpec())
-        return NamedSharding(mesh, logical_to_spec(names, rules, mesh))
+        shape = getattr(var.get_value(), "shape", None)
+        return NamedSharding(mesh, logical_to_spec(names, rules, mesh, shape))
 
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
 

@@ -29,7 +29,8 @@ def cross_entropy_and_z(logits: jax.Array, targets: jax.Array) -> tuple[jax.Arra
     """Per-position NLL and logsumexp^2 from float32 logits `[..., V]` and targets `[...]`."""
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    safe = jnp.clip(targets, 0, logits.shape[-1] - 1)  # padding / unscored positions hold any id
+    target_logit = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
     return lse - target_logit, jnp.square(lse)
 
 
@@ -47,6 +48,6 @@ def masked_lm_loss(
     weights = jnp.maximum(weights.astype(jnp.float32), 0.0)
     denom = jnp.sum(weights) if normalizer is None else normalizer
     denom = jnp.maximum(denom, 1e-6)
-    ce = jnp.sum(nll * weights) / denom
-    zl = jnp.sum(z * weights) / denom
+    ce = jnp.sum(jnp.where(weights > 0, nll * weights, 0.0)) / denom
+    zl = jnp.sum(jnp.where(weights > 0, z * weights, 0.0)) / denom
     return ce + z_loss_weight * zl, {"cross_entropy": ce, "z_loss": zl, "tokens": jnp.sum(weights > 0)}

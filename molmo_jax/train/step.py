@@ -1,0 +1,106 @@
+"""The training step: masked weighted cross-entropy + z-loss, gradient accumulation as a scan over
+micro-batches, AdamW update — one pure function to `jax.jit` with shardings and donation.
+
+Batches are dicts of arrays: `input_ids`, `target_tokens`, `loss_masks` `[B, T]` (the processor's
+training format: targets unshifted, loss weights on answer tokens and their EOS), optionally
+`images` `[B, C, P, patch_dim]`, `image_masks`, `image_input_idx`, `position_ids`,
+`subsegment_ids`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from molmo_jax.model.sharding import use_mesh_rules
+from molmo_jax.train.loss import loss_positions, masked_lm_loss
+from molmo_jax.train.optimizer import group_norms
+
+MODEL_KEYS = ("images", "image_masks", "image_input_idx")
+OPTIONAL_KEYS = ("position_ids", "subsegment_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    z_loss_weight: float = 1e-4
+    grad_accum_steps: int = 1
+    # Logits are computed at most at this many loss positions per example (None: every position).
+    loss_budget: int | None = None
+    frozen: tuple[str, ...] = ("llm.embedding",)
+
+
+def microbatch_loss(graphdef, params, batch: dict, settings: StepSettings, normalizer: jax.Array):
+    """Summed weighted loss of one micro-batch divided by the global `normalizer`."""
+    model = nnx.merge(graphdef, params)
+    weights = jnp.maximum(batch["loss_masks"].astype(jnp.float32), 0.0)
+    budget = settings.loss_budget or weights.shape[1]
+    positions, real = loss_positions(weights, budget)
+    kwargs = {k: batch[k] for k in MODEL_KEYS + OPTIONAL_KEYS if k in batch}
+    logits = model(batch["input_ids"], **kwargs, logit_positions=positions).logits
+    targets = jnp.take_along_axis(batch["target_tokens"], positions, axis=1)
+    w = jnp.take_along_axis(weights, positions, axis=1) * real
+    loss, metrics = masked_lm_loss(
+        logits, targets, w, z_loss_weight=settings.z_loss_weight, normalizer=normalizer
+    )
+    n_loss = jnp.sum(weights > 0, axis=1)
+    metrics["loss_tokens_dropped"] = jnp.sum(jnp.maximum(n_loss - budget, 0))
+    return loss, metrics
+
+
+def make_train_step(
+    graphdef, tx: optax.GradientTransformation, settings: StepSettings, mesh=None
+) -> Callable:
+    """`step(params, opt_state, batch) -> (params, opt_state, metrics)` (pure; jit it)."""
+
+    def step(params, opt_state, batch):
+        with use_mesh_rules(mesh) if mesh is not None else _null():
+            normalizer = jnp.maximum(jnp.sum(jnp.maximum(batch["loss_masks"].astype(jnp.float32), 0.0)), 1e-6)
+            grad_fn = jax.value_and_grad(microbatch_loss, argnums=1, has_aux=True)
+            n = settings.grad_accum_steps
+            if n == 1:
+                (loss, metrics), grads = grad_fn(graphdef, params, batch, settings, normalizer)
+            else:
+                micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+                def body(carry, mb):
+                    grads_acc, loss_acc, metrics_acc = carry
+                    (loss, m), g = grad_fn(graphdef, params, mb, settings, normalizer)
+                    grads_acc = jax.tree.map(jnp.add, grads_acc, g)
+                    metrics_acc = jax.tree.map(jnp.add, metrics_acc, m)
+                    return (grads_acc, loss_acc + loss, metrics_acc), None
+
+                zeros = jax.tree.map(jnp.zeros_like, params)
+                init_m = {"cross_entropy": 0.0, "z_loss": 0.0, "tokens": 0, "loss_tokens_dropped": 0}
+                init_m = jax.tree.map(
+                    lambda v: jnp.asarray(v, jnp.int32 if isinstance(v, int) else jnp.float32), init_m
+                )
+                (grads, loss, metrics), _ = jax.lax.scan(body, (zeros, jnp.float32(0.0), init_m), micro)
+            metrics = dict(metrics, loss=loss, **group_norms(grads, settings.frozen))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return params, opt_state, metrics
+
+    return step
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def check_batch(batch: dict, grad_accum_steps: int) -> None:
+    """Fail early, naming the key, when a batch cannot feed the step."""
+    for key in ("input_ids", "target_tokens", "loss_masks"):
+        if key not in batch:
+            raise KeyError(f"training batch has no {key!r} (keys: {sorted(batch)})")
+    b = batch["input_ids"].shape[0]
+    if b % grad_accum_steps:
+        raise ValueError(f"batch size {b} is not divisible by grad_accum_steps={grad_accum_steps}")
