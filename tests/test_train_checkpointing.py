@@ -138,6 +138,17 @@ def test_partial_restore_of_params_only(tmp_path):
     assert_trees_equal(restored["params"], state["params"])
 
 
+def test_state_may_be_donated_once_save_returns(tmp_path):
+    # The train step donates its input state; the async save must already hold its own copy.
+    x = jnp.arange(100_000, dtype=jnp.float32)
+    with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+        ckpt.save(1, {"x": x})
+        x.delete()
+        ckpt.wait()
+        _, restored, _ = ckpt.restore(1, {"x": jax.ShapeDtypeStruct((100_000,), jnp.float32)})
+    np.testing.assert_array_equal(np.asarray(restored["x"]), np.arange(100_000, dtype=np.float32))
+
+
 def test_preservation_keeps_last_n_plus_every_k(tmp_path):
     tree = {"x": jnp.zeros(3)}
     with Checkpointer(tmp_path, save_interval_steps=1, keep_last=2, keep_every=4) as ckpt:

@@ -138,8 +138,8 @@ def _sharded_step(config, graphdef, params, tx, batch, mesh):
 @pytest.mark.parametrize(
     "family,shape",
     [
-        ("qwen2", {"data": 8}),
-        ("qwen2", {"fsdp": 8}),
+        pytest.param("qwen2", {"data": 8}, marks=pytest.mark.slow),
+        pytest.param("qwen2", {"fsdp": 8}, marks=pytest.mark.slow),
         ("qwen2", {"data": 2, "fsdp": 2, "tensor": 2}),
         ("olmoe", {"expert": 4, "data": 2}),
     ],

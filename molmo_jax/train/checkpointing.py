@@ -10,10 +10,10 @@ One step directory holds one composite checkpoint:
 ```
 
 Saves are asynchronous (device arrays are copied to host before `save` returns, so the caller may
-donate or overwrite them) and atomic: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames
+donate or overwrite them) and atomic: Orbax writes into `<step>.orbax-checkpoint-tmp` and renames
 it when every item is written (on GCS it writes `commit_success.txt` last instead). Steps listed,
 restored and kept are finalised ones only; a save killed half way leaves a temporary directory that
-is ignored and removed when the next `Checkpointer` opens the directory.
+is ignored, and removed in the background when the next `Checkpointer` opens the directory.
 """
 
 from __future__ import annotations

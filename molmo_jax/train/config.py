@@ -1,0 +1,154 @@
+"""Experiment configs (ml_collections) for training, their validation, and the settings they give.
+
+`base_config(stage, preset)` holds the original recipe (MOLMO_SPEC §8); the files in `configs/`
+select a stage and a model preset and override what differs. Configs are locked: an override of
+an unknown key fails in absl's flag parsing, and `validate` checks values before anything compiles,
+naming the key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from molmo_jax.model.config import PRESETS, ConfigError
+
+STAGES = ("stage1", "stage2", "finetune")
+# Per-group peak learning rates and warmups of the two stages (MOLMO_SPEC §8.2, §8.3).
+RECIPE = {
+    "stage1": dict(
+        lr=dict(connector=2e-4, vit=6e-6, llm=2e-5),
+        warmup=dict(connector=200, vit=2000, llm=2000),
+        batch_size=128,
+        tasks=["pixmo_cap_transcript"],
+        steps=22_500,
+    ),
+    "stage2": dict(
+        lr=dict(connector=5e-6, vit=5e-6, llm=1e-5),
+        warmup=dict(connector=200, vit=200, llm=200),
+        batch_size=256,
+        tasks=["stage2_mixture"],
+        steps=30_000,
+    ),
+    "finetune": dict(
+        lr=dict(connector=5e-6, vit=5e-6, llm=1e-5),
+        warmup=dict(connector=100, vit=100, llm=100),
+        batch_size=32,
+        tasks=["my_dataset"],
+        steps=2_000,
+    ),
+}
+
+
+def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r} is not one of {STAGES}")
+    if preset not in PRESETS:
+        raise ConfigError(f"model preset {preset!r} is not one of {sorted(PRESETS)}")
+    recipe = RECIPE[stage]
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.seed = 6198
+    c.model = ml_collections.ConfigDict(
+        dict(
+            preset=preset,
+            dtype="bfloat16",  # compute; parameters and optimizer state stay float32
+            param_dtype="float32",
+            # "backbones": stage 1 from pretrained HF tower + LLM (convert CLI output or folders below);
+            # "checkpoint": an HF-layout Molmo checkpoint (stage 2 from stage 1, or a released model);
+            # "scratch": random init (tiny / demo presets).
+            init="backbones" if stage == "stage1" else "checkpoint",
+            checkpoint="",  # HF-layout Molmo folder for init=checkpoint / backbones (convert CLI output)
+            tokenizer="",  # tokenizer folder or name; default: the checkpoint's
+            vocab_from_tokenizer=False,  # size the (scratch) vocabulary to the tokenizer
+            crop_chunk=-1,
+        )
+    )
+    c.data = ml_collections.ConfigDict(
+        dict(
+            data_dir="",
+            tasks=list(recipe["tasks"]),
+            sequence_length=2304,
+            max_crops=12,
+            crop_size=336,
+            overlap_margins=(4, 4),  # patches dropped at each side of a crop's interior edges
+            batch_size=recipe["batch_size"],  # global batch
+            num_workers=2,
+            max_conversations=0,  # 0: keep every conversation of an image
+            on_bad_record="raise",
+        )
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            b1=0.9,
+            b2=0.95,
+            eps=1e-6,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            final_lr_fraction=0.1,
+            lr=dict(recipe["lr"]),
+            warmup=dict(recipe["warmup"]),
+        )
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            steps=recipe["steps"],
+            grad_accum_steps=1,
+            z_loss_weight=1e-4,
+            loss_budget=0,  # logits at most at this many loss positions per example (0: every position)
+            log_every=10,
+            checkpoint_every=1000,
+            keep_checkpoints=3,
+            export_hf=True,  # write an HF-layout checkpoint at the end (next stage / generate / evaluate)
+        )
+    )
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Check values before any compilation; the error names the key."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"config.{key}={_get(c, key)!r}: {why}")
+
+    need(c.stage in STAGES, "stage", f"must be one of {STAGES}")
+    need(c.model.preset in PRESETS, "model.preset", f"must be one of {sorted(PRESETS)}")
+    need(
+        c.model.init in ("backbones", "checkpoint", "scratch"),
+        "model.init",
+        "backbones | checkpoint | scratch",
+    )
+    need(
+        c.model.init == "scratch" or bool(c.model.checkpoint),
+        "model.checkpoint",
+        f"is required with model.init={c.model.init!r}",
+    )
+    need(c.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16")
+    need(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")
+    need(len(c.data.tasks) > 0, "data.tasks", "needs at least one task")
+    need(c.data.sequence_length > 0, "data.sequence_length", "must be positive")
+    need(c.data.max_crops > 0, "data.max_crops", "must be positive")
+    need(c.data.batch_size > 0, "data.batch_size", "must be positive")
+    need(
+        c.data.batch_size % c.train.grad_accum_steps == 0,
+        "train.grad_accum_steps",
+        f"must divide data.batch_size={c.data.batch_size}",
+    )
+    need(c.train.steps > 0, "train.steps", "must be positive")
+    need(c.train.loss_budget >= 0, "train.loss_budget", "must be >= 0")
+    need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
+    need(0 <= c.optimizer.final_lr_fraction <= 1, "optimizer.final_lr_fraction", "must be in [0, 1]")
+    for group in ("connector", "vit", "llm"):
+        need(c.optimizer.lr.get(group, -1) >= 0, f"optimizer.lr.{group}", "must be a non-negative number")
+        need(c.optimizer.warmup.get(group, -1) >= 0, f"optimizer.warmup.{group}", "must be >= 0")
+    sizes = [c.mesh[a] for a in ("data", "fsdp", "tensor", "expert")]
+    need(sum(1 for s in sizes if s == -1) <= 1, "mesh", "at most one axis may be -1")
+    need(all(s == -1 or s >= 1 for s in sizes), "mesh", "axis sizes must be >= 1 or -1")
+
+
+def _get(c, dotted: str):
+    node = c
+    for part in dotted.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    return node

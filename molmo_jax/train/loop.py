@@ -1,0 +1,309 @@
+"""The trainer, read top to bottom: mesh, processor, shapes, shardings, init-or-restore, data,
+compiled step with donated state, loop with metrics, checkpoints and the final export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from molmo_jax.checkpoints.hf import load_pretrained, save_pretrained
+from molmo_jax.model.config import ConfigError, from_hf_config, get_preset
+from molmo_jax.model.molmo import Molmo, count_params
+from molmo_jax.model.sharding import logical_to_spec, make_mesh, state_shardings
+from molmo_jax.train.checkpointing import Checkpointer
+from molmo_jax.train.config import validate
+from molmo_jax.train.optimizer import GroupSettings, OptimizerSettings, build_optimizer, current_lrs
+from molmo_jax.train.step import StepSettings, check_batch, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """A metric became NaN or Inf; the last good checkpoint is kept."""
+
+
+# Stage 1 trains on captions without the chat template, with a "style length:" prefix (MOLMO_SPEC §8.2).
+STAGE1_FORMAT = dict(
+    prompt_type="none",
+    message_formatting="none",
+    system_prompt_kind="style_and_length",
+    multi_annotation_weighting=None,
+)
+
+
+def build_processor(c: ml_collections.ConfigDict):
+    from molmo_jax.preprocess.formatting import FormatterConfig
+    from molmo_jax.preprocess.image import ImagePreprocessConfig
+    from molmo_jax.preprocess.processor import MolmoProcessor
+    from molmo_jax.preprocess.tokenizer import MolmoTokenizer
+
+    source = c.model.tokenizer or c.model.checkpoint
+    if not source:
+        raise ValueError("config.model.tokenizer is required when there is no model.checkpoint")
+    preset = get_preset(c.model.preset)
+    pad_to = None if c.model.vocab_from_tokenizer else preset.llm.vocab_size
+    if c.model.checkpoint and not c.model.tokenizer:  # the checkpoint's own tokenizer files and ids
+        cfg = json.loads((Path(c.model.checkpoint) / "config.json").read_text())
+        tokenizer = MolmoTokenizer.from_pretrained(c.model.checkpoint, pad_to=cfg.get("vocab_size"))
+    else:
+        tokenizer = MolmoTokenizer.from_pretrained(source, pad_to=pad_to)
+    vision = (
+        preset.vision
+        if c.model.init == "scratch"
+        else from_hf_config(Path(c.model.checkpoint) / "config.json").vision
+    )
+    image = ImagePreprocessConfig(
+        max_crops=c.data.max_crops,
+        crop_size=c.data.crop_size,
+        patch_size=vision.patch_size,
+        overlap_margins=tuple(c.data.overlap_margins),
+        normalize={"clip": "openai", "dinov2": "dino"}.get(vision.kind, vision.kind),
+        resize=vision.resize_mode,
+    )
+    text = FormatterConfig(**STAGE1_FORMAT) if c.stage == "stage1" else FormatterConfig()
+    return MolmoProcessor(tokenizer, image, text, max_sequence_length=None)
+
+
+def build_model_config(c: ml_collections.ConfigDict, processor):
+    """The preset's model, or the checkpoint's own config when starting from one."""
+    if c.model.init == "scratch":
+        cfg = get_preset(c.model.preset)
+    else:
+        cfg = from_hf_config(Path(c.model.checkpoint) / "config.json")
+    cfg = cfg.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, crop_chunk=c.model.crop_chunk)
+    if c.model.vocab_from_tokenizer and c.model.init == "scratch":
+        base = processor.tokenizer.image_start_id  # the image tokens follow the text vocabulary
+        size = int(math.ceil(base / 128) * 128)
+        cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, vocab_size=base, embedding_size=size))
+    return cfg
+
+
+def optimizer_settings(c: ml_collections.ConfigDict) -> OptimizerSettings:
+    o = c.optimizer
+    groups = {g: GroupSettings(float(o.lr[g]), int(o.warmup[g])) for g in ("connector", "vit", "llm")}
+    return OptimizerSettings(
+        groups=groups,
+        total_steps=int(c.train.steps),
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm,
+        final_lr_fraction=o.final_lr_fraction,
+    )
+
+
+def init_params(c, model_cfg, mesh, abstract_params):
+    """Parameters born sharded: fresh init inside a jit with output shardings, or a streamed load."""
+    shardings = state_shardings(abstract_params, mesh)
+    if c.model.init == "scratch":
+        init = jax.jit(
+            lambda: nnx.split(Molmo(model_cfg, rngs=nnx.Rngs(c.seed)), nnx.Param)[1], out_shardings=shardings
+        )
+        return init()
+    model = load_pretrained(c.model.checkpoint, jnp.dtype(model_cfg.param_dtype), mesh=mesh, config=model_cfg)
+    return nnx.split(model, nnx.Param)[1]
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(("batch",), mesh=mesh))
+
+
+def to_global(batch: dict, mesh) -> dict:
+    """This process's slice of the global batch -> global arrays sharded over the batch axes."""
+    spec = batch_sharding(mesh).spec
+
+    def one(x):
+        x = np.asarray(x)
+        sharding = NamedSharding(mesh, PartitionSpec(*spec, *([None] * (x.ndim - 1))))
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return {k: one(v) for k, v in batch.items()}
+
+
+class MetricWriter:
+    """TensorBoard event files plus a console progress line."""
+
+    def __init__(self, logdir: Path):
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(logdir)) if jax.process_index() == 0 else None
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int | None = None) -> dict:
+    """Train until `config.train.steps` (or `stop_after` steps of this run); resumes from `workdir`."""
+    from molmo_jax.data.pipeline import PipelineConfig, build_pipeline
+
+    validate(c)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+    mesh = make_mesh(dict(c.mesh))
+
+    processor = build_processor(c)
+    model_cfg = build_model_config(c, processor)
+    graphdef, abstract_params = nnx.split(
+        nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
+    )
+    tx = build_optimizer(optimizer_settings(c), abstract_params)
+    param_sh = state_shardings(abstract_params, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract_opt)
+    opt_sh = _shard_like_params(abstract_opt, abstract_params, param_sh, opt_sh)
+
+    dp = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if c.data.batch_size % dp:
+        raise ConfigError(
+            f"config.data.batch_size={c.data.batch_size} is not divisible by the {dp} "
+            f"data-parallel devices of config.mesh={dict(mesh.shape)}"
+        )
+    n_proc = jax.process_count()
+    if c.data.batch_size % n_proc:
+        raise ValueError(f"config.data.batch_size={c.data.batch_size} is not divisible by {n_proc} processes")
+    pipe = build_pipeline(
+        list(c.data.tasks),
+        processor,
+        PipelineConfig(
+            batch_size=c.data.batch_size // n_proc,
+            sequence_length=c.data.sequence_length,
+            max_crops=c.data.max_crops + 1,
+            seed=c.seed,
+            num_workers=c.data.num_workers,
+            max_conversations=c.data.max_conversations or None,
+            on_bad_record=c.data.on_bad_record,
+        ),
+        data_dir=c.data.data_dir,
+    )
+    data = iter(pipe)
+
+    ckpt = Checkpointer(
+        workdir / "checkpoints",
+        save_interval_steps=c.train.checkpoint_every,
+        keep_last=c.train.keep_checkpoints,
+    )
+    start = ckpt.latest_step()
+    if start is not None:
+        abstract = {
+            "params": _with_shardings(abstract_params, param_sh),
+            "opt_state": _with_shardings(abstract_opt, opt_sh),
+        }
+        start, state, _ = ckpt.restore(start, abstract, data_iterator=data)
+        params, opt_state = state["params"], state["opt_state"]
+        log.info("resumed from step %d", start)
+    else:
+        start = 0
+        params = init_params(c, model_cfg, mesh, abstract_params)
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+
+    settings = StepSettings(
+        z_loss_weight=c.train.z_loss_weight,
+        grad_accum_steps=c.train.grad_accum_steps,
+        loss_budget=c.train.loss_budget or None,
+    )
+    step_fn = jax.jit(
+        make_train_step(graphdef, tx, settings, mesh),
+        out_shardings=(param_sh, opt_sh, None),
+        donate_argnums=(0, 1),
+    )
+    writer = MetricWriter(workdir / "tensorboard")
+    opt_settings = optimizer_settings(c)
+    total = c.train.steps
+    end = total if stop_after is None else min(total, start + stop_after)
+    history: list[dict] = []
+    t_start, t_last, examples = time.perf_counter(), time.perf_counter(), 0
+    print(
+        f"training {c.model.preset} ({count_params(abstract_params) / 1e6:.1f} M parameters) "
+        f"steps {start}..{end} on mesh {dict(mesh.shape)}",
+        flush=True,
+    )
+    for step in range(start, end):
+        batch = next(data)
+        if step == start:
+            check_batch(batch, c.train.grad_accum_steps)
+        params, opt_state, metrics = step_fn(params, opt_state, to_global(batch, mesh))
+        examples += c.data.batch_size
+        done = step + 1
+        if done % c.train.log_every == 0 or done == end:
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                ckpt.wait()
+                raise NonFiniteError(
+                    f"step {done}: {bad[0]} = {values[bad[0]]}; last good checkpoint kept "
+                    f"(step {ckpt.latest_step()})"
+                )
+            now = time.perf_counter()
+            values.update({k: float(v) for k, v in current_lrs(opt_settings, jnp.asarray(step)).items()})
+            values["examples_per_s"] = examples / (now - t_last)
+            values["step_s"] = (now - t_last) / max(
+                1, c.train.log_every if done % c.train.log_every == 0 else 1
+            )
+            examples, t_last = 0, now
+            writer.write(done, values)
+            history.append({"step": done, **values})
+            eta = (now - t_start) / (done - start) * (end - done)
+            print(
+                f"step {done}/{total}  loss {values['loss']:.4f}  ce {values['cross_entropy']:.4f}  "
+                f"{values['examples_per_s']:.1f} ex/s  eta {eta:.0f}s",
+                flush=True,
+            )
+        ckpt.save(
+            done,
+            {"params": params, "opt_state": opt_state},
+            data_iterator=data,
+            metadata={"step": done, "stage": c.stage},
+            force=done == end,
+        )
+    ckpt.wait()
+    writer.close()
+    summary = {"start_step": start, "end_step": end, "history": history, "workdir": str(workdir)}
+    if c.train.export_hf and end == total:
+        model = nnx.merge(graphdef, jax.device_get(params))
+        out = save_pretrained(model, workdir / "hf")
+        processor.tokenizer.save_pretrained(out)
+        summary["hf_checkpoint"] = str(out)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    ckpt.close()
+    return summary
+
+
+def _with_shardings(tree, shardings):
+    """Abstract leaves carrying the shardings to restore onto (both trees list leaves in one order)."""
+    shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    leaves, treedef = jax.tree.flatten(tree)
+    if len(leaves) != len(shard_leaves):
+        raise ValueError(f"{len(leaves)} arrays but {len(shard_leaves)} shardings")
+    return jax.tree.unflatten(
+        treedef, [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shard_leaves)]
+    )
+
+
+def _shard_like_params(abstract_opt, abstract_params, param_sh, default_sh):
+    """Optimizer moments get their parameter's sharding (matched by shape and position)."""
+    param_leaves = jax.tree.leaves(abstract_params)
+    sh_leaves = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+    by_shape: dict = {}
+    for p, s in zip(param_leaves, sh_leaves):
+        by_shape.setdefault((p.shape, p.dtype), s)
+    return jax.tree.map(lambda x, d: by_shape.get((x.shape, x.dtype), d), abstract_opt, default_sh)

@@ -1,0 +1,148 @@
+"""The trainer end to end on synthetic PixMo-shaped data: stage 1 then stage 2, exact resume, config
+errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from molmo_jax.model.config import ConfigError
+from molmo_jax.train.config import validate
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_config(name: str, arg: str = "tiny") -> ml_collections.ConfigDict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _train_tokenizer(texts: list[str], folder: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>", "bos_token": null}')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    import pyarrow.parquet as pq
+
+    from molmo_jax.data.prepare import prepare_pixmo
+    from molmo_jax.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    written = write_synthetic(root / "raw", 40, seed=3, image_size=112)
+    texts = ["User: Assistant: long_caption transcript point_count pointing"]
+    for name, info in written.items():
+        if name == "images":
+            continue
+        for row in pq.read_table(info["path"]).to_pylist():
+            texts += [str(row[k]) for k in ("caption", "question", "answer", "label") if row.get(k)]
+            texts += list(row.get("transcripts") or [])
+        prepare_pixmo(name, Path(info["path"]).parent, root / "data", progress=False)
+    return root / "data", _train_tokenizer(texts, root / "tokenizer")
+
+
+def _tiny(stage: str, data: Path, tokenizer: Path, steps: int) -> ml_collections.ConfigDict:
+    c = _load_config("stage1_caption" if stage == "stage1" else "stage2_multitask")
+    c.data.data_dir = str(data)
+    c.model.tokenizer = str(tokenizer)
+    c.train.steps = steps
+    c.train.log_every = 1
+    c.train.checkpoint_every = 3
+    c.mesh.data = 4  # 4 of the 8 simulated devices: the batch of 4 is split over them
+    return c
+
+
+@pytest.mark.slow
+def test_stage1_then_stage2_loss_falls(synthetic, tmp_path):
+    from molmo_jax.train.loop import train
+
+    data, tok = synthetic
+    s1 = train(_tiny("stage1", data, tok, 12), tmp_path / "s1")
+    losses = [h["loss"] for h in s1["history"]]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert list((tmp_path / "s1" / "tensorboard").glob("events.out.tfevents.*"))
+    c2 = _tiny("stage2", data, tok, 6)
+    c2.model.checkpoint = s1["hf_checkpoint"]
+    c2.model.tokenizer = ""  # the stage-1 export carries its tokenizer
+    s2 = train(c2, tmp_path / "s2")
+    assert s2["start_step"] == 0 and len(s2["history"]) == 6
+    assert all(np.isfinite(h["loss"]) for h in s2["history"])
+    assert (tmp_path / "s2" / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(synthetic, tmp_path):
+    from molmo_jax.train.loop import train
+
+    data, tok = synthetic
+    full = train(_tiny("stage1", data, tok, 8), tmp_path / "full")
+    first = train(_tiny("stage1", data, tok, 8), tmp_path / "resumed", stop_after=6)
+    assert first["end_step"] == 6
+    second = train(_tiny("stage1", data, tok, 8), tmp_path / "resumed")
+    assert second["start_step"] == 6
+    expected = [h["loss"] for h in full["history"] if h["step"] > 6]
+    assert [h["loss"] for h in second["history"]] == expected  # bitwise on CPU
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["end_step"] == 8
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("model.init", "random", "config.model.init='random'"),
+        ("train.grad_accum_steps", 3, "config.train.grad_accum_steps=3: must divide data.batch_size=4"),
+        ("optimizer.final_lr_fraction", 2.0, "config.optimizer.final_lr_fraction=2.0"),
+        ("data.tasks", [], "config.data.tasks=[]"),
+    ],
+)
+def test_bad_config_values_are_named(key, value, message):
+    c = _load_config("stage1_caption")
+    node = c
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")
+    ):
+        validate(c)
+
+
+def test_unknown_config_key_is_rejected():
+    c = _load_config("stage2_multitask", "molmo_7b_d")
+    c.lock()
+    with pytest.raises(AttributeError, match="lr_peak"):
+        c.optimizer.lr_peak = 1.0
+
+
+@pytest.mark.parametrize("name", ["stage1_caption", "stage2_multitask", "finetune_custom"])
+@pytest.mark.parametrize("preset", ["molmoe_1b", "molmo_7b_o", "molmo_7b_d", "molmo_72b", "tiny"])
+def test_every_config_and_preset_builds(name, preset):
+    c = _load_config(name, preset)
+    if c.model.init != "scratch":
+        c.model.checkpoint = "some/checkpoint"
+    validate(c)
