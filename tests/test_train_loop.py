@@ -146,3 +146,19 @@ def test_every_config_and_preset_builds(name, preset):
     if c.model.init != "scratch":
         c.model.checkpoint = "some/checkpoint"
     validate(c)
+
+
+def test_dry_run_memory_reports_per_device_sizes():
+    from molmo_jax.train.loop import dry_run_memory
+
+    c = _load_config("stage1_caption")
+    c.data.batch_size = 8
+    c.mesh.data, c.mesh.fsdp = 2, 4
+    r = dry_run_memory(c)
+    assert r["devices"] == 8 and r["mesh"]["fsdp"] == 4
+    # fp32 parameters + two Adam moments, sharded 4 ways over fsdp where the dimensions divide
+    assert r["argument_bytes"] > 0 and r["temp_bytes"] > 0
+    assert r["argument_bytes"] < 3 * 4 * r["parameters"] + 4 * 2**20
+    c.data.batch_size = 6
+    with pytest.raises(ConfigError, match="batch_size=6 is not divisible by the 8 data-parallel devices"):
+        dry_run_memory(c)

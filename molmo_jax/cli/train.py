@@ -19,6 +19,13 @@ config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]
 flags.DEFINE_string("workdir", None, "run directory (checkpoints, TensorBoard, exports)", required=True)
 flags.DEFINE_integer("stop_after", None, "stop after this many steps of this run (resume later)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
+flags.DEFINE_bool(
+    "dry_run_memory",
+    False,
+    "AOT-compile the train step on abstract inputs and print the "
+    "per-device memory for the config's mesh (simulate devices with "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=N); nothing is allocated",
+)
 
 
 def main(argv) -> int:
@@ -27,7 +34,18 @@ def main(argv) -> int:
 
     if FLAGS.distributed:
         jax.distributed.initialize()
-    from molmo_jax.train.loop import train
+    from molmo_jax.train.loop import dry_run_memory, train
+
+    if FLAGS.dry_run_memory:
+        r = dry_run_memory(FLAGS.config)
+        gib = lambda n: f"{n / 2**30:.2f} GiB"
+        print(f"{r['preset']}: {r['parameters']:,} parameters on mesh {r['mesh']} ({r['devices']} devices)")
+        print(
+            f"  per device: arguments {gib(r['argument_bytes'])}, outputs {gib(r['output_bytes'])}, "
+            f"temporaries {gib(r['temp_bytes'])}, aliased {gib(r['alias_bytes'])}"
+        )
+        print(f"  peak per device ~ {gib(r['peak_bytes_per_device'])}")
+        return 0
 
     summary = train(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after)
     last = summary["history"][-1] if summary["history"] else {}

@@ -116,6 +116,15 @@ def init_params(c, model_cfg, mesh, abstract_params):
     return nnx.split(model, nnx.Param)[1]
 
 
+def check_batch_divides_mesh(c: ml_collections.ConfigDict, mesh) -> None:
+    dp = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if c.data.batch_size % dp:
+        raise ConfigError(
+            f"config.data.batch_size={c.data.batch_size} is not divisible by the {dp} "
+            f"data-parallel devices of config.mesh={dict(mesh.shape)}"
+        )
+
+
 def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch",), mesh=mesh))
 
@@ -172,12 +181,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
     opt_sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract_opt)
     opt_sh = _shard_like_params(abstract_opt, abstract_params, param_sh, opt_sh)
 
-    dp = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
-    if c.data.batch_size % dp:
-        raise ConfigError(
-            f"config.data.batch_size={c.data.batch_size} is not divisible by the {dp} "
-            f"data-parallel devices of config.mesh={dict(mesh.shape)}"
-        )
+    check_batch_divides_mesh(c, mesh)
     n_proc = jax.process_count()
     if c.data.batch_size % n_proc:
         raise ValueError(f"config.data.batch_size={c.data.batch_size} is not divisible by {n_proc} processes")
@@ -307,3 +311,82 @@ def _shard_like_params(abstract_opt, abstract_params, param_sh, default_sh):
     for p, s in zip(param_leaves, sh_leaves):
         by_shape.setdefault((p.shape, p.dtype), s)
     return jax.tree.map(lambda x, d: by_shape.get((x.shape, x.dtype), d), abstract_opt, default_sh)
+
+
+def abstract_batch(c: ml_collections.ConfigDict, model_cfg, mesh) -> dict:
+    """Shapes (with shardings) of one global training batch."""
+    vis = model_cfg.vision
+    b, t, crops = c.data.batch_size, c.data.sequence_length, c.data.max_crops + 1
+    pooled = math.ceil(vis.grid[0] / model_cfg.connector.pool_size[0]) * math.ceil(
+        vis.grid[1] / model_cfg.connector.pool_size[1]
+    )
+    shapes = {
+        "input_ids": ((b, t), jnp.int32),
+        "target_tokens": ((b, t), jnp.int32),
+        "loss_masks": ((b, t), jnp.float32),
+        "position_ids": ((b, t), jnp.int32),
+        "subsegment_ids": ((b, t), jnp.int32),
+        "images": ((b, crops, vis.num_patches, vis.patch_dim), jnp.float32),
+        "image_masks": ((b, crops, vis.num_patches), jnp.float32),
+        "image_input_idx": ((b, crops, pooled), jnp.int32),
+    }
+    spec = batch_sharding(mesh).spec
+    return {
+        k: jax.ShapeDtypeStruct(
+            s, d, sharding=NamedSharding(mesh, PartitionSpec(*spec, *([None] * (len(s) - 1))))
+        )
+        for k, (s, d) in shapes.items()
+    }
+
+
+def dry_run_memory(c: ml_collections.ConfigDict) -> dict:
+    """Compile the train step ahead of time on abstract inputs (no parameters allocated) and report
+    XLA's per-device memory for the config's preset, batch and mesh."""
+    validate(c)
+    mesh = make_mesh(dict(c.mesh))
+    check_batch_divides_mesh(c, mesh)
+    model_cfg = get_preset(c.model.preset).replace(
+        dtype=c.model.dtype, param_dtype=c.model.param_dtype, crop_chunk=c.model.crop_chunk
+    )
+    graphdef, abstract_params = nnx.split(
+        nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
+    )
+    tx = build_optimizer(optimizer_settings(c), abstract_params)
+    param_sh = state_shardings(abstract_params, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = _shard_like_params(
+        abstract_opt,
+        abstract_params,
+        param_sh,
+        jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract_opt),
+    )
+    settings = StepSettings(
+        z_loss_weight=c.train.z_loss_weight,
+        grad_accum_steps=c.train.grad_accum_steps,
+        loss_budget=c.train.loss_budget or None,
+    )
+    step = jax.jit(
+        make_train_step(graphdef, tx, settings, mesh),
+        out_shardings=(param_sh, opt_sh, None),
+        donate_argnums=(0, 1),
+    )
+    compiled = step.lower(
+        _with_shardings(abstract_params, param_sh),
+        _with_shardings(abstract_opt, opt_sh),
+        abstract_batch(c, model_cfg, mesh),
+    ).compile()
+    mem = compiled.memory_analysis()
+    report = {
+        "preset": c.model.preset,
+        "mesh": dict(mesh.shape),
+        "devices": int(mesh.size),
+        "parameters": count_params(abstract_params),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),
+    }
+    report["peak_bytes_per_device"] = (
+        report["argument_bytes"] + report["output_bytes"] + report["temp_bytes"] - report["alias_bytes"]
+    )
+    return report
