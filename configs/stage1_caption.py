@@ -9,24 +9,14 @@ where `ckpt/stage1_init` comes from
 Presets: molmoe_1b, molmo_7b_o, molmo_7b_d, molmo_72b, tiny (random init, a tokenizer of your choice).
 """
 
-from molmo_jax.train.config import base_config
+from molmo_jax.train.config import base_config, use_tiny_model
 
 
 def get_config(arg: str = "molmo_7b_d"):
     c = base_config("stage1", arg)
     c.data.tasks = ["pixmo_cap_transcript"]  # caption + one transcript per image, packed
-    if arg == "tiny":
+    if arg == "tiny":  # random init; the vocabulary sized to --config.model.tokenizer
+        use_tiny_model(c, lr=dict(connector=2e-3, vit=5e-4, llm=5e-4))
         c.model.init = "scratch"
-        c.model.dtype = "float32"
         c.model.vocab_from_tokenizer = True
-        c.data.sequence_length = 384
-        c.data.max_crops = 2
-        c.data.crop_size = 84
-        c.data.overlap_margins = (2, 2)
-        c.data.batch_size = 4
-        c.data.num_workers = 0
-        c.train.steps = 200
-        c.train.checkpoint_every = 100
-        c.optimizer.lr = dict(connector=2e-3, vit=5e-4, llm=5e-4)
-        c.optimizer.warmup = dict(connector=20, vit=20, llm=20)
     return c

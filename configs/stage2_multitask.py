@@ -6,7 +6,7 @@ Run:
 (`--config.model.checkpoint` may also be a released HF checkpoint folder.)
 """
 
-from molmo_jax.train.config import base_config
+from molmo_jax.train.config import base_config, use_tiny_model
 
 # The PixMo part of the released mixture (`3.2-synthetic`): the demo and pointing groups.
 STAGE2_TASKS = [
@@ -27,17 +27,7 @@ def get_config(arg: str = "molmo_7b_d"):
     c = base_config("stage2", arg)
     c.data.tasks = list(STAGE2_TASKS)
     c.data.sequence_length = 2304
-    if arg == "tiny":
-        c.model.dtype = "float32"
+    if arg == "tiny":  # from a tiny stage-1 export (--config.model.checkpoint=RUN/hf)
+        use_tiny_model(c, lr=dict(connector=1e-3, vit=2e-4, llm=2e-4))
         c.data.tasks = ["pixmo_points", "pixmo_count_counting", "pixmo_ask_model_anything"]
-        c.data.sequence_length = 384
-        c.data.max_crops = 2
-        c.data.crop_size = 84
-        c.data.overlap_margins = (2, 2)
-        c.data.batch_size = 4
-        c.data.num_workers = 0
-        c.train.steps = 200
-        c.train.checkpoint_every = 100
-        c.optimizer.lr = dict(connector=1e-3, vit=2e-4, llm=2e-4)
-        c.optimizer.warmup = dict(connector=20, vit=20, llm=20)
     return c

@@ -105,6 +105,23 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
     return c
 
 
+def use_tiny_model(c: ml_collections.ConfigDict, *, lr: dict[str, float]) -> ml_collections.ConfigDict:
+    """The settings that let the `tiny` preset train on a CPU: 84-px crops (the tiny ViT's 6x6
+    patches), short sequences, small batches, fp32 and higher learning rates."""
+    c.model.dtype = "float32"
+    c.data.sequence_length = 384
+    c.data.max_crops = 2
+    c.data.crop_size = 84
+    c.data.overlap_margins = (2, 2)
+    c.data.batch_size = 4
+    c.data.num_workers = 0
+    c.train.steps = 200
+    c.train.checkpoint_every = 100
+    c.optimizer.lr = dict(lr)
+    c.optimizer.warmup = dict(connector=20, vit=20, llm=20)
+    return c
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check values before any compilation; the error names the key."""
 

@@ -116,6 +116,25 @@ def init_params(c, model_cfg, mesh, abstract_params):
     return nnx.split(model, nnx.Param)[1]
 
 
+def jitted_step(c: ml_collections.ConfigDict, graphdef, tx, abstract_params, mesh):
+    """The jitted, donating train step and the shardings of parameters and optimizer state."""
+    param_sh = state_shardings(abstract_params, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract_opt)
+    opt_sh = _shard_like_params(abstract_opt, abstract_params, param_sh, replicated)
+    settings = StepSettings(
+        z_loss_weight=c.train.z_loss_weight,
+        grad_accum_steps=c.train.grad_accum_steps,
+        loss_budget=c.train.loss_budget or None,
+    )
+    step = jax.jit(
+        make_train_step(graphdef, tx, settings, mesh),
+        out_shardings=(param_sh, opt_sh, None),
+        donate_argnums=(0, 1),
+    )
+    return step, param_sh, opt_sh, abstract_opt
+
+
 def check_batch_divides_mesh(c: ml_collections.ConfigDict, mesh) -> None:
     dp = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
     if c.data.batch_size % dp:
@@ -176,10 +195,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
         nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
     )
     tx = build_optimizer(optimizer_settings(c), abstract_params)
-    param_sh = state_shardings(abstract_params, mesh)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract_opt)
-    opt_sh = _shard_like_params(abstract_opt, abstract_params, param_sh, opt_sh)
+    step_fn, param_sh, opt_sh, abstract_opt = jitted_step(c, graphdef, tx, abstract_params, mesh)
 
     check_batch_divides_mesh(c, mesh)
     n_proc = jax.process_count()
@@ -220,16 +236,6 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
         params = init_params(c, model_cfg, mesh, abstract_params)
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
 
-    settings = StepSettings(
-        z_loss_weight=c.train.z_loss_weight,
-        grad_accum_steps=c.train.grad_accum_steps,
-        loss_budget=c.train.loss_budget or None,
-    )
-    step_fn = jax.jit(
-        make_train_step(graphdef, tx, settings, mesh),
-        out_shardings=(param_sh, opt_sh, None),
-        donate_argnums=(0, 1),
-    )
     writer = MetricWriter(workdir / "tensorboard")
     opt_settings = optimizer_settings(c)
     total = c.train.steps
@@ -352,24 +358,7 @@ def dry_run_memory(c: ml_collections.ConfigDict) -> dict:
         nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
     )
     tx = build_optimizer(optimizer_settings(c), abstract_params)
-    param_sh = state_shardings(abstract_params, mesh)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sh = _shard_like_params(
-        abstract_opt,
-        abstract_params,
-        param_sh,
-        jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract_opt),
-    )
-    settings = StepSettings(
-        z_loss_weight=c.train.z_loss_weight,
-        grad_accum_steps=c.train.grad_accum_steps,
-        loss_budget=c.train.loss_budget or None,
-    )
-    step = jax.jit(
-        make_train_step(graphdef, tx, settings, mesh),
-        out_shardings=(param_sh, opt_sh, None),
-        donate_argnums=(0, 1),
-    )
+    step, param_sh, opt_sh, abstract_opt = jitted_step(c, graphdef, tx, abstract_params, mesh)
     compiled = step.lower(
         _with_shardings(abstract_params, param_sh),
         _with_shardings(abstract_opt, opt_sh),
