@@ -159,10 +159,32 @@ def test_convert_cli_builds_a_loadable_stage1_checkpoint(tmp_path, llm_name, pre
     assert 0.015 < np.asarray(model.llm.new_embedding[...]).std() < 0.025
     out = model(jnp.asarray([[1, 2, 3, 4]]))
     assert np.all(np.isfinite(np.asarray(out.logits)))
+    _loads_into_stage1_config(tmp_path / "stage1", preset)
     if llm_name == "qwen2_tiny_llm":  # the stage-1 model's decoder is the HF model: same logits
         case = np.load(llm / "case_1.npz")
         logits = model(jnp.asarray(case["input_ids"])).logits
         assert rel_err(logits, case["logits"]) <= 1e-4
+
+
+def _loads_into_stage1_config(folder, preset: str) -> None:
+    """The trainer's stage-1 config starts from the converted folder (born on a 2-device mesh)."""
+    import importlib.util
+
+    from molmo_jax.model.sharding import make_mesh
+    from molmo_jax.train.loop import build_model_config, init_params
+
+    spec = importlib.util.spec_from_file_location("stage1", REPO_ROOT / "configs" / "stage1_caption.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(preset)
+    c.model.checkpoint = str(folder)
+    c.model.dtype = "float32"
+    cfg = build_model_config(c, processor=None)
+    mesh = make_mesh({"fsdp": 2})
+    abstract = nnx.split(nnx.eval_shape(lambda: molmo_jax.Molmo(cfg, rngs=nnx.Rngs(0))), nnx.Param)[1]
+    params = init_params(c, cfg, mesh, abstract)
+    assert count_params(params) == count_params(abstract)
+    assert params["llm"]["lm_head"][...].sharding.mesh.shape["fsdp"] == 2
 
 
 def _random_tensors(shapes: dict, rng) -> dict:
