@@ -47,9 +47,12 @@ def get_config(arg: str = "pixmo_count"):
     c.report_examples = 16
     c.clock_test_mode = False
     c.overlap_margins = ()
-    synthetic = {"synthetic": "pixmo_count_counting,pixmo_points_eval,pixmo_clocks",
-                 "synthetic_counting": "pixmo_count_counting", "synthetic_pointing": "pixmo_points_eval",
-                 "synthetic_clocks": "pixmo_clocks"}
+    synthetic = {
+        "synthetic": "pixmo_count_counting,pixmo_points_eval,pixmo_clocks",
+        "synthetic_counting": "pixmo_count_counting",
+        "synthetic_pointing": "pixmo_points_eval",
+        "synthetic_clocks": "pixmo_clocks",
+    }
     if arg in synthetic:
         c.task = synthetic[arg]
         c.metric = ""  # per task: count, pointing, clock
@@ -61,7 +64,9 @@ def get_config(arg: str = "pixmo_count"):
         c.batch_size = 16
         return c
     if arg not in PRESETS:
-        raise ValueError(f"unknown eval preset {arg!r}; known: {', '.join(sorted(PRESETS) + sorted(synthetic))}")
+        raise ValueError(
+            f"unknown eval preset {arg!r}; known: {', '.join(sorted(PRESETS) + sorted(synthetic))}"
+        )
     task, metric, tokens, high_res, split = PRESETS[arg]
     c.task = task
     c.metric = metric

@@ -187,10 +187,23 @@ def test_two_processes_match_one(synthetic, tmp_path):
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [
-        subprocess.Popen([sys.executable, str(REPO / "tests" / "multihost_train_worker.py"), f"--process_id={i}",
-                          f"--port={port}", f"--data={data}", f"--tokenizer={tok}", f"--workdir={tmp_path / 'multi'}",
-                          f"--steps={steps}", f"--out={tmp_path / f'losses{i}.json'}"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "multihost_train_worker.py"),
+                f"--process_id={i}",
+                f"--port={port}",
+                f"--data={data}",
+                f"--tokenizer={tok}",
+                f"--workdir={tmp_path / 'multi'}",
+                f"--steps={steps}",
+                f"--out={tmp_path / f'losses{i}.json'}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
