@@ -6,7 +6,7 @@ INSTALL_REQUIRES = [
     "jax>=0.6,<0.11",
     "flax>=0.12,<0.13",
     "optax>=0.2.5,<0.3",
-    "orbax-checkpoint>=0.11,<0.13",
+    "orbax-checkpoint>=0.12,<0.13",
     "ml-collections>=1.0,<2",
     "absl-py>=2.0,<3",
     "numpy>=1.26,<3",
@@ -22,10 +22,15 @@ INSTALL_REQUIRES = [
     "grain>=0.2.18,<0.3",
     "array-record>=0.8,<0.9",
     "tensorflow-datasets>=4.9.10,<5",
+    "tensorboardX>=2.6,<3",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8,<10", "ruff>=0.6,<1", "scikit-image>=0.24,<0.27"],
+    "test": [
+        "pytest>=8,<10", "ruff>=0.6,<1", "scikit-image>=0.24,<0.27",
+        "fastapi>=0.110,<1", "uvicorn>=0.29,<1", "httpx>=0.27,<1", "tensorboardX>=2.6,<3",
+    ],
+    "serve": ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "httpx>=0.27,<1"],
     "cuda": ["jax[cuda12]>=0.6,<0.11"],
     "tpu": ["jax[tpu]>=0.6,<0.11"],
     # Only for reading MolmoE-1B's pickled checkpoint (weights_only) and parity work.

@@ -164,3 +164,21 @@ def test_sharded_step_equals_single_device(family, shape):
     assert abs(float(m1["loss"]) - float(m2["loss"])) < 1e-5
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-6)
+
+
+def test_remat_gives_the_same_step():
+    config = tiny()
+    batch = _batch(config)
+    results = []
+    for remat in ((), ("vit", "llm")):
+        cfg = config.replace(remat=remat)
+        graphdef, params = nnx.split(Molmo(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+        settings = OptimizerSettings(
+            groups={g: GroupSettings(1e-3, 2) for g in ("connector", "vit", "llm")}, total_steps=10
+        )
+        tx = build_optimizer(settings, params)
+        results.append(jax.jit(make_train_step(graphdef, tx, StepSettings()))(params, tx.init(params), batch))
+    (p1, _, m1), (p2, _, m2) = results
+    assert abs(float(m1["loss"]) - float(m2["loss"])) < 1e-6
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -154,10 +154,14 @@ class MolmoConfig:
     param_dtype: str = "float32"
     # Crops per group through the vision tower: -1 auto (2 on CPU, all on accelerators), 0 all.
     crop_chunk: int = -1
+    # Towers whose blocks recompute their activations in the backward pass ("vit", "llm").
+    remat: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("param_dtype", self.param_dtype, DTYPES)
+        for tower in self.remat:
+            _check_choice("remat", tower, ("vit", "llm"))
         for layer in self.connector.vit_layers:
             if not -self.vision.num_layers <= layer < self.vision.num_layers:
                 raise ConfigError(

@@ -87,6 +87,13 @@ class Dense(nnx.Module):
         return y
 
 
+def call_rematerialized(module: nnx.Module, *args):
+    """`module(*args)` whose activations are recomputed in the backward pass (jax.checkpoint over the
+    module's state, so it also works inside loops such as the crop groups' `lax.map`)."""
+    graphdef, state = nnx.split(module)
+    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+
+
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name == "quick_gelu":
         return lambda x: x * jax.nn.sigmoid(1.702 * x)

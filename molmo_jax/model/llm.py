@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from molmo_jax.model.config import LLMConfig
-from molmo_jax.model.layers import RMSNorm, normal_init, param, shard, zeros_init
+from molmo_jax.model.layers import RMSNorm, call_rematerialized, normal_init, param, shard, zeros_init
 from molmo_jax.model.moe import MoEFeedForward
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -197,6 +197,7 @@ class Decoder(nnx.Module):
         cache_index: jax.Array | int | None = None,
         *,
         collect: bool = False,
+        remat: bool = False,
     ) -> tuple[jax.Array, list[KVCache] | None, dict]:
         """Embedded inputs `[B, T, D]` -> (normed hidden `[B, T, D]`, caches, intermediates).
 
@@ -205,11 +206,12 @@ class Decoder(nnx.Module):
         """
         sin, cos = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
         hidden, auxes, new_caches = [], [], []
+        run = call_rematerialized if remat else (lambda blk, *a: blk(*a))
         for i, block in enumerate(self.blocks):
             if collect:
                 hidden.append(x)
             cache = caches[i] if caches is not None else None
-            x, cache, aux = block(x, sin, cos, bias, cache, cache_index)
+            x, cache, aux = run(block, x, sin, cos, bias, cache, cache_index)
             new_caches.append(cache)
             auxes.append(aux)
         x = self.ln_f(x)

@@ -86,7 +86,7 @@ class Molmo(nnx.Module):
     def _encode_crops(self, crops: jax.Array, masks: jax.Array | None):
         """crops `[N, P, patch_dim]` -> (projected `[N, P', D]`, taps `[N, n_taps, tokens, W]`, pooled)."""
         layers = self.config.connector.vit_layers
-        taps = self.vision(crops, layers)
+        taps = self.vision(crops, layers, remat="vit" in self.config.remat)
         selected = [taps[layer] for layer in layers]
         n_prefix = self.vision.num_prefix_tokens
         features = jnp.concatenate([s[:, n_prefix:] for s in selected], axis=-1)
@@ -151,7 +151,9 @@ class Molmo(nnx.Module):
         positions = positions_from_valid(valid) if position_ids is None else position_ids
         x, inter = self.embed_inputs(input_ids, images, image_masks, image_input_idx)
         bias = attention_bias(valid, subsegment_ids)
-        h, _, llm_inter = self.llm(x, positions, bias, collect=return_intermediates)
+        h, _, llm_inter = self.llm(
+            x, positions, bias, collect=return_intermediates, remat="llm" in self.config.remat
+        )
         if logit_positions is not None:
             h = jnp.take_along_axis(h, logit_positions[..., None], axis=1)
         logits = self.llm.logits(h)

@@ -16,7 +16,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from molmo_jax.model.config import VisionConfig
-from molmo_jax.model.layers import Dense, LayerNorm, activation, attention_weights, normal_init, param, shard
+from molmo_jax.model.layers import (
+    Dense,
+    LayerNorm,
+    activation,
+    attention_weights,
+    call_rematerialized,
+    normal_init,
+    param,
+    shard,
+)
 
 VISION_TOWERS: dict[str, Callable[..., nnx.Module]] = {}
 # Towers defined in their own modules, imported when first asked for.
@@ -156,7 +165,11 @@ class CLIPViT(nnx.Module):
         return x
 
     def __call__(
-        self, patches: jax.Array, layers: Sequence[int], grid: tuple[int, int] | None = None
+        self,
+        patches: jax.Array,
+        layers: Sequence[int],
+        grid: tuple[int, int] | None = None,
+        remat: bool = False,
     ) -> dict[int, jax.Array]:
         """Run the blocks up to the deepest requested one.
 
@@ -169,10 +182,11 @@ class CLIPViT(nnx.Module):
         wanted = {i: i % self.config.num_layers for i in layers}
         x = self.embed(patches, grid)
         out: dict[int, jax.Array] = {}
+        run = call_rematerialized if remat else (lambda blk, *a: blk(*a))
         for depth, block in enumerate(self.blocks):
             if depth > max(wanted.values()):
                 break  # blocks past the deepest tap cannot change the output
-            x = block(x)
+            x = run(block, x)
             for key, idx in wanted.items():
                 if idx == depth:
                     out[key] = x

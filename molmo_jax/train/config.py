@@ -61,6 +61,7 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
             tokenizer="",  # tokenizer folder or name; default: the checkpoint's
             vocab_from_tokenizer=False,  # size the (scratch) vocabulary to the tokenizer
             crop_chunk=-1,
+            remat=("vit", "llm"),  # recompute block activations in the backward pass, as the original
         )
     )
     c.data = ml_collections.ConfigDict(
@@ -109,6 +110,7 @@ def use_tiny_model(c: ml_collections.ConfigDict, *, lr: dict[str, float]) -> ml_
     """The settings that let the `tiny` preset train on a CPU: 84-px crops (the tiny ViT's 6x6
     patches), short sequences, small batches, fp32 and higher learning rates."""
     c.model.dtype = "float32"
+    c.model.remat = ()
     c.data.sequence_length = 384
     c.data.max_crops = 2
     c.data.crop_size = 84

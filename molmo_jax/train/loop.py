@@ -81,7 +81,12 @@ def build_model_config(c: ml_collections.ConfigDict, processor):
         cfg = get_preset(c.model.preset)
     else:
         cfg = from_hf_config(Path(c.model.checkpoint) / "config.json")
-    cfg = cfg.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, crop_chunk=c.model.crop_chunk)
+    cfg = cfg.replace(
+        dtype=c.model.dtype,
+        param_dtype=c.model.param_dtype,
+        crop_chunk=c.model.crop_chunk,
+        remat=tuple(c.model.remat),
+    )
     if c.model.vocab_from_tokenizer and c.model.init == "scratch":
         base = processor.tokenizer.image_start_id  # the image tokens follow the text vocabulary
         size = int(math.ceil(base / 128) * 128)
@@ -352,7 +357,10 @@ def dry_run_memory(c: ml_collections.ConfigDict) -> dict:
     mesh = make_mesh(dict(c.mesh))
     check_batch_divides_mesh(c, mesh)
     model_cfg = get_preset(c.model.preset).replace(
-        dtype=c.model.dtype, param_dtype=c.model.param_dtype, crop_chunk=c.model.crop_chunk
+        dtype=c.model.dtype,
+        param_dtype=c.model.param_dtype,
+        crop_chunk=c.model.crop_chunk,
+        remat=tuple(c.model.remat),
     )
     graphdef, abstract_params = nnx.split(
         nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
