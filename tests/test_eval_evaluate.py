@@ -7,7 +7,6 @@ decoding path (blank-image control, report, CLI)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
+from helpers import load_config, train_bpe_tokenizer
 
 from molmo_jax.eval import metrics as M
 
@@ -25,28 +25,11 @@ NUM = 6
 
 
 def _eval_config(arg: str = "synthetic"):
-    spec = importlib.util.spec_from_file_location("eval_config", REPO_ROOT / "configs" / "eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return load_config("eval", arg)
 
 
 def _train_tokenizer(texts: list[str], folder: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>", "bos_token": null}')
+    train_bpe_tokenizer(folder, texts, vocab_size=300)
 
 
 @pytest.fixture(scope="module")

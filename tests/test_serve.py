@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
 from conftest import require_golden
+from helpers import golden_tiny_checkpoint  # noqa: E402
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -24,36 +24,9 @@ MAX_NEW = 6
 PROMPT = "Point to the cat."
 
 
-def _tiny_tokenizer(folder, vocab_size: int) -> None:
-    """A byte-level BPE small enough for the tiny model's 512-row vocabulary (as test_cli_generate)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    text = [
-        "User: What animal is this? Assistant: A cat sitting on a mat.",
-        "Point to the cat.",
-        "Describe this image in detail.",
-    ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(text, trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>", "bos_token": null}')
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    src = require_golden("models", "qwen2_tiny")
-    dst = tmp_path_factory.mktemp("qwen2_tiny_serve")
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(src / name, dst / name)
-    _tiny_tokenizer(dst, vocab_size=300)
-    return dst
+    return golden_tiny_checkpoint(tmp_path_factory.mktemp("qwen2_tiny_serve"))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
+from helpers import load_config, train_bpe_tokenizer
 
 from molmo_jax.model.config import ConfigError
 from molmo_jax.train.config import validate
@@ -17,32 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load_config(name: str, arg: str = "tiny") -> ml_collections.ConfigDict:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config(name, arg)
 
 
 def _train_tokenizer(texts: list[str], folder: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=600,
-            special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>", "bos_token": null}')
-    return folder
+    return train_bpe_tokenizer(folder, texts, vocab_size=600)
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,8 @@ ALL_LINEAR_TARGETS = DEFAULT_TARGETS + (
 )
 # Parameters whose input spans more than the first axis.
 IN_AXES = ((r"(.*\.)?attn\.o", 2),)
+# Stacked expert weights (OLMoE `mlp.gate/up/down [experts, in, out]`): one adapter per expert.
+EXPERT_AXES = ((r"llm\.blocks\.\d+\.mlp\.(gate|up|down)", 3),)  # (pattern, ndim that means stacked)
 
 Adapters = dict[str, dict[str, jax.Array]]
 
@@ -120,8 +122,17 @@ def _matches(pattern: str, path: str) -> bool:
     return path.endswith(".kernel") and re.fullmatch(pattern, path[: -len(".kernel")]) is not None
 
 
-def select_targets(params: nnx.State, config: LoRAConfig) -> dict[str, tuple[int, int]]:
-    """`{path: (in, out)}` of the parameters the config adapts; raises on a pattern matching none."""
+def experts_of(path: str, shape: Sequence[int]) -> int:
+    """Number of stacked experts of a weight (0 for an ordinary weight)."""
+    for pattern, ndim in EXPERT_AXES:
+        if len(shape) == ndim and re.fullmatch(pattern, path):
+            return int(shape[0])
+    return 0
+
+
+def select_targets(params: nnx.State, config: LoRAConfig) -> dict[str, tuple[int, int, int]]:
+    """`{path: (in, out, experts)}` of the weights the config adapts (experts 0: not stacked);
+    raises on a pattern matching none."""
     flat = {p: tuple(_value(v).shape) for p, v in _flat(params).items()}
     selected: dict[str, tuple[int, int]] = {}
     for pattern in config.targets:
@@ -131,15 +142,19 @@ def select_targets(params: nnx.State, config: LoRAConfig) -> dict[str, tuple[int
             why = f" (only parameters with < 2 dims: {near[:3]})" if near else ""
             raise LoRAError(f"LoRA target pattern '{pattern}' matches no weight of the model{why}")
         for p in hits:
-            n = in_axes_of(p)
             shape = flat[p]
-            selected[p] = (math.prod(shape[:n]), math.prod(shape[n:]))
+            e = experts_of(p, shape)
+            if e:
+                selected[p] = (shape[1], math.prod(shape[2:]), e)
+            else:
+                n = in_axes_of(p)
+                selected[p] = (math.prod(shape[:n]), math.prod(shape[n:]), 0)
     return dict(sorted(selected.items()))
 
 
 def expected_num_params(params: nnx.State, config: LoRAConfig) -> int:
-    """sum over the selected weights of r * (in + out)."""
-    return sum(config.rank * (i + o) for i, o in select_targets(params, config).values())
+    """sum over the selected weights (each expert of a stacked weight counting once) of r * (in + out)."""
+    return sum(config.rank * (i + o) * max(e, 1) for i, o, e in select_targets(params, config).values())
 
 
 def count_params(adapters: Adapters) -> int:
@@ -149,10 +164,11 @@ def count_params(adapters: Adapters) -> int:
 def init_adapters(params: nnx.State, config: LoRAConfig, rng: jax.Array, dtype=jnp.float32) -> Adapters:
     """A ~ N(0, init_std^2) [in, r], B = 0 [r, out]: the adapted model starts equal to the base."""
     adapters = {}
-    for k, (path, (n_in, n_out)) in enumerate(select_targets(params, config).items()):
+    for k, (path, (n_in, n_out, e)) in enumerate(select_targets(params, config).items()):
         std = config.init_std if config.init_std is not None else 1.0 / math.sqrt(n_in)
-        a = std * jax.random.normal(jax.random.fold_in(rng, k), (n_in, config.rank), jnp.float32)
-        adapters[path] = {"a": a.astype(dtype), "b": jnp.zeros((config.rank, n_out), dtype)}
+        lead = (e,) if e else ()
+        a = std * jax.random.normal(jax.random.fold_in(rng, k), (*lead, n_in, config.rank), jnp.float32)
+        adapters[path] = {"a": a.astype(dtype), "b": jnp.zeros((*lead, config.rank, n_out), dtype)}
     return adapters
 
 
@@ -160,9 +176,19 @@ def abstract_adapters(params: nnx.State, config: LoRAConfig, dtype=jnp.float32) 
     return jax.eval_shape(lambda: init_adapters(params, config, jax.random.key(0), dtype))
 
 
-def delta(path: str, shape: Sequence[int], adapter: Mapping[str, jax.Array], config: LoRAConfig, mask=None):
+def delta(
+    shape: Sequence[int], adapter: Mapping[str, jax.Array], config: LoRAConfig, mask=None, dtype=None
+) -> jax.Array:
+    """scale * A @ B reshaped to the weight's shape (A's rows multiplied by `mask` if given).
+
+    With `dtype` (the base weight's, e.g. bfloat16) A and B are cast first, so neither the delta
+    nor the weight-sized gradient flowing back into it is ever materialised in float32.
+    """
     a = adapter["a"] if mask is None else adapter["a"] * mask[:, None].astype(adapter["a"].dtype)
-    return (config.scale * (a @ adapter["b"])).reshape(tuple(shape))
+    b = adapter["b"]
+    if dtype is not None:
+        a, b = a.astype(dtype), b.astype(dtype)
+    return (jnp.asarray(config.scale, a.dtype) * (a @ b)).reshape(tuple(shape))  # batched over experts
 
 
 def apply_adapters(
@@ -184,10 +210,10 @@ def apply_adapters(
             w = _value(var)
             mask = None
             if rng is not None and config.dropout > 0:
-                n_in = adapters[name]["a"].shape[0]
+                n_in = adapters[name]["a"].shape[-2]
                 keep = jax.random.bernoulli(jax.random.fold_in(rng, k), 1.0 - config.dropout, (n_in,))
                 mask = keep / (1.0 - config.dropout)
-            new = (w + delta(name, w.shape, adapters[name], config, mask).astype(w.dtype)).astype(w.dtype)
+            new = (w + delta(w.shape, adapters[name], config, mask, dtype=w.dtype)).astype(w.dtype)
             var = var.replace(new) if hasattr(var, "replace") else new
         out.append((path, var))
     return nnx.from_flat_state(out)
@@ -200,10 +226,8 @@ def cast_base(params: nnx.State, dtype) -> nnx.State:
 
 def merge_lora(model: nnx.Module, adapters: Adapters, config: LoRAConfig) -> nnx.Module:
     """Fold the adapters into the model's weights in place (and return it)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    merged = apply_adapters(params, adapters, config)
-    nnx.update(model, merged)
-    del graphdef, rest
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    nnx.update(model, apply_adapters(params, adapters, config))
     return model
 
 
@@ -292,6 +316,12 @@ class _null:
         return False
 
 
+def replicated_shardings(tree, mesh: jax.sharding.Mesh):
+    """Adapters (and their optimizer state) are small: replicate them over the mesh; the base keeps
+    its logical-axis shardings (`molmo_jax.model.sharding.state_shardings`)."""
+    return jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), tree)
+
+
 def save_adapters(adapters: Adapters, config: LoRAConfig, path: str | Path) -> Path:
     """Write `adapter_model.safetensors` + `adapter_config.json` (adapters only: small)."""
     out = Path(path)
@@ -327,7 +357,9 @@ def load_adapters(path: str | Path, params: nnx.State | None = None) -> tuple[Ad
         for name, ab in adapters.items():
             if name not in shapes:
                 raise LoRAError(f"adapter for {name!r} is not a target of the model")
-            want = (shapes[name][0], config.rank), (config.rank, shapes[name][1])
+            n_in, n_out, e = shapes[name]
+            lead = (e,) if e else ()
+            want = (*lead, n_in, config.rank), (*lead, config.rank, n_out)
             got = tuple(ab["a"].shape), tuple(ab["b"].shape)
             if got != want:
                 raise LoRAError(f"adapter {name!r} has shapes {got}, the model expects {want}")
@@ -366,6 +398,7 @@ __all__ = [
     "load_with_adapters",
     "make_lora_train_step",
     "merge_lora",
+    "replicated_shardings",
     "save_adapters",
     "select_targets",
 ]
