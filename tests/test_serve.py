@@ -229,3 +229,67 @@ def test_request_timeout_is_504_and_server_recovers(server, image_path):
         batcher.resume()
     r = client.post("/v1/chat/completions", json=_body(url, max_tokens=2))
     assert r.status_code == 200, r.text
+
+
+def _load(client, body: dict, clients: int, per_client: int, deadline_s: float) -> tuple[list, float]:
+    """`clients` threads each sending `per_client` requests in a row; returns responses and seconds."""
+    responses: list = []
+    lock = threading.Lock()
+    stop = time.monotonic() + deadline_s
+
+    def worker():
+        for _ in range(per_client):
+            if time.monotonic() > stop:
+                return
+            r = client.post("/v1/chat/completions", json=body)
+            with lock:
+                responses.append(r)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(deadline_s + 30)
+    return responses, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_load_32_clients_x_4_requests_batching_on_and_off(checkpoint, loaded, image_path, capsys):
+    """Every request answered correctly and none lost, with and without batching (requests/s printed)."""
+    from fastapi.testclient import TestClient
+
+    model, processor = loaded
+    url = _data_url(image_path.read_bytes())
+    expected = molmo_jax.generate(
+        model, processor, [str(image_path)], [PROMPT], max_new_tokens=MAX_NEW
+    ).texts[0]
+    rates = {}
+    for label, max_batch in (("batching on", 8), ("batching off", 1)):
+        config = ServeConfig(
+            checkpoint=str(checkpoint),
+            max_batch=max_batch,
+            batch_window_s=0.02,
+            max_queue=256,
+            max_new_tokens=MAX_NEW,
+            default_max_tokens=MAX_NEW,
+            max_prompt_tokens=400,
+        )
+        app = create_app(config, model=model, processor=processor)
+        with TestClient(app) as client:
+            _load(client, _body(url), clients=32, per_client=1, deadline_s=120)  # compile the batch sizes
+            responses, seconds = _load(client, _body(url), clients=32, per_client=4, deadline_s=240)
+            sizes = list(app.state.batcher.batch_sizes)
+        assert len(responses) == 128, f"{label}: {len(responses)} of 128 answered"
+        assert all(r.status_code == 200 for r in responses), [
+            r.text for r in responses if r.status_code != 200
+        ][:2]
+        assert {r.json()["choices"][0]["message"]["content"] for r in responses} == {expected}
+        if max_batch > 1:
+            assert max(sizes) > 1  # concurrent requests really shared batches
+        rates[label] = 128 / seconds
+    with capsys.disabled():
+        print(
+            "\nserving load, 32 clients x 4 requests: "
+            + ", ".join(f"{k} {v:.1f} requests/s" for k, v in rates.items())
+        )
