@@ -47,11 +47,14 @@ def get_config(arg: str = "pixmo_count"):
     c.report_examples = 16
     c.clock_test_mode = False
     c.overlap_margins = ()
+    # Parameters sharded over this mesh (all 1: one device), e.g. --config.mesh.fsdp=4 --config.mesh.tensor=2.
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1))
     synthetic = {
         "synthetic": "pixmo_count_counting,pixmo_points_eval,pixmo_clocks",
         "synthetic_counting": "pixmo_count_counting",
         "synthetic_pointing": "pixmo_points_eval",
         "synthetic_clocks": "pixmo_clocks",
+        "synthetic_captioning": "pixmo_cap",
     }
     if arg in synthetic:
         c.task = synthetic[arg]

@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     written = write_synthetic(root / "raw", NUM, seed=1, image_size=112, split="validation")
     texts = ["User: Assistant: point_count pointing clocks There are The time shown is 0123456789"]
-    for name in ("pixmo_count", "pixmo_points_eval", "pixmo_clocks"):
+    for name in ("pixmo_count", "pixmo_points_eval", "pixmo_clocks", "pixmo_cap"):
         for row in pq.read_table(written[name]["path"]).to_pylist():
             texts += [str(row[k]) for k in ("label",) if row.get(k)]
         prepare_pixmo(name, Path(written[name]["path"]).parent, root / "data", progress=False)
@@ -298,3 +298,44 @@ def test_score_example_academic_metrics(metric, prediction, metadata, expected):
         assert parsed == "B" and refs["answer_idx"] == 0
     else:
         assert parsed == M.postprocess_prediction(prediction) and refs == metadata["answers"]
+
+
+def test_synthetic_captioning_scores_caption_recall(setup, tmp_path):
+    """The captioning preset scores each caption with caption_recall against the record's caption."""
+    from molmo_jax.data.synthetic import KINDS, SHAPE_COLOURS
+    from molmo_jax.eval.evaluate import evaluate
+
+    c, model, processor = setup
+    cap = _eval_config("synthetic_captioning")
+    for key in ("checkpoint", "data_dir", "batch_size"):
+        cap[key] = c[key]
+    cap.max_examples = 3
+    cap.max_new_tokens = 8
+    results = evaluate(cap, tmp_path, model=model, processor=processor, progress=False)
+    rows = _rows(tmp_path / "pixmo_cap" / "predictions.jsonl")
+    assert results["pixmo_cap"]["metric"] == "caption_recall" and len(rows) == 3
+    for row in rows:
+        assert "In total there are" in row["references"]  # the synthetic scene's dense caption
+        expected = M.caption_recall(row["prediction"], row["references"], SHAPE_COLOURS, KINDS)
+        assert row["scores"]["caption_recall"] == expected
+    mean = np.mean([r["scores"]["caption_recall"] for r in rows])
+    assert results["pixmo_cap"]["metrics"]["caption_recall"] == pytest.approx(mean)
+
+
+def test_sharded_evaluation_gives_the_same_predictions(setup, tmp_path):
+    from molmo_jax.eval.evaluate import evaluate
+
+    c, _, processor = setup
+    preds = {}
+    for name, shape in (("single", {}), ("sharded", {"fsdp": 2, "tensor": 2})):
+        run = _eval_config("synthetic_counting")
+        for key in ("checkpoint", "data_dir", "batch_size"):
+            run[key] = c[key]
+        run.max_examples, run.max_new_tokens = 2, 4
+        for axis, size in shape.items():
+            run.mesh[axis] = size
+        evaluate(run, tmp_path / name, processor=processor, progress=False)  # loads the checkpoint itself
+        preds[name] = [
+            r["prediction"] for r in _rows(tmp_path / name / "pixmo_count_counting" / "predictions.jsonl")
+        ]
+    assert len(preds["single"]) == 2 and preds["sharded"] == preds["single"]

@@ -22,8 +22,10 @@ TOL = 1e-12
 
 
 def _run_vqa_score(inp: dict) -> dict:
-    out = {"score": M.vqa_score(inp["target"], inp["prediction"]),
-           "normalized_prediction": M.preprocess_answer(inp["prediction"])}
+    out = {
+        "score": M.vqa_score(inp["target"], inp["prediction"]),
+        "normalized_prediction": M.preprocess_answer(inp["prediction"]),
+    }
     if isinstance(inp["target"], list):
         out["normalized_targets"] = [M.preprocess_answer(t) for t in inp["target"]]
     return out
@@ -33,8 +35,10 @@ def _run_anls(inp: dict, call: str) -> dict:
     if call == "function":
         return {"score": M.anls_metric(inp["target"], inp["prediction"])}
     raw = inp["raw_prediction"]
-    return {"score": M.vqa_eval_score("ansl", raw, inp["answers"]),
-            "postprocessed_prediction": M.postprocess_prediction(raw)}
+    return {
+        "score": M.vqa_eval_score("ansl", raw, inp["answers"]),
+        "postprocessed_prediction": M.postprocess_prediction(raw),
+    }
 
 
 def _run_relaxed(inp: dict, call: str) -> dict:
@@ -46,16 +50,20 @@ def _run_relaxed(inp: dict, call: str) -> dict:
 def _run_exact_match(inp: dict) -> dict:
     meta, raw = inp["metadata"], inp["raw_prediction"]
     answers = meta["answers"] if "answers" in meta else meta["answer"]
-    return {"em": M.vqa_eval_score("em", raw, answers),
-            "postprocessed_prediction": M.postprocess_prediction(raw)}
+    return {
+        "em": M.vqa_eval_score("em", raw, answers),
+        "postprocessed_prediction": M.postprocess_prediction(raw),
+    }
 
 
 def _run_multiple_choice(inp: dict, call: str) -> dict:
     if call == "function":
         return {"index": M.select_mc_option(inp["prediction"], inp["options"])}
     meta, raw = inp["metadata"], inp["raw_prediction"]
-    return {"score": M.mc_score(raw, meta["option_names"], meta["answer_idx"]),
-            "postprocessed_prediction": M.postprocess_prediction(raw)}
+    return {
+        "score": M.mc_score(raw, meta["option_names"], meta["answer_idx"]),
+        "postprocessed_prediction": M.postprocess_prediction(raw),
+    }
 
 
 def _run_point_count(inp: dict) -> dict:
@@ -97,8 +105,15 @@ RUNNERS: dict[str, Callable[[dict, str | None], dict]] = {
 # (metric, case id) -> (exception the original raised, our outputs).
 _ZERO_PRF = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
 _CLOCK_UNPARSED = dict.fromkeys(
-    ("hour_correct", "minute_correct", "minute_close", "all_correct", "all_close", "overall_close",
-     "overall_exact"),
+    (
+        "hour_correct",
+        "minute_correct",
+        "minute_close",
+        "all_correct",
+        "all_close",
+        "overall_close",
+        "overall_exact",
+    ),
     False,
 )
 DOCUMENTED_DEVIATIONS: dict[tuple[str, int], tuple[str, dict]] = {
@@ -297,7 +312,7 @@ def test_unknown_vqa_eval_metric():
         ("\x08none\x08", 0),  # ... except on literal backspaces
         ("a total of 4 things\nmore", 4),  # regex on the first line
         ("first line\na total of 4 things", None),  # "." does not cross newlines
-        ("Counting the <points x1=\"1.0\" y1=\"2.0\" alt=\"a\">a</points> shows a total of 12 a.", 12),
+        ('Counting the <points x1="1.0" y1="2.0" alt="a">a</points> shows a total of 12 a.', 12),
         ("", None),
         ("a total of " + "9" * 5000, None),  # too many digits for int(): no crash
     ],
@@ -434,3 +449,30 @@ def test_mean_metric_and_aggregate():
     assert math.isnan(M.mean_metric([]))
     agg = M.aggregate_scores([{"a": 1.0, "b": True}, {"a": 0.0}], float32=False)
     assert agg == {"a": 0.5, "b": 1.0}  # a key counts only where it was set
+
+
+COLOURS = ("red", "blue", "green")
+KINDS = ("circle", "star", "cross")
+
+
+@pytest.mark.parametrize(
+    "prediction,expected",
+    [
+        ("There are two small blue stars at the top and a large red circle.", 1.0),
+        ("A red circle and a green cross.", 1 / 3),  # only the red circle of the 3 objects
+        ("Two blue stars.", 2 / 3),
+        ("", 0.0),
+        ("Some shapes: circles and stars.", 0.0),  # shapes without colours are not credited
+    ],
+)
+def test_caption_recall(prediction, expected):
+    from molmo_jax.eval.metrics import caption_objects, caption_recall
+
+    reference = (
+        "There is a large red circle on the left and two small blue stars at the top. "
+        "In total there are 3 shapes: 1 circle and 2 stars."
+    )
+    assert dict(caption_objects(reference, COLOURS, KINDS)) == {("red", "circle"): 1, ("blue", "star"): 2}
+    assert caption_recall(prediction, reference, COLOURS, KINDS) == pytest.approx(expected)
+    assert caption_recall("anything", "No coloured shapes here.", COLOURS, KINDS) == 1.0
+    assert dict(caption_objects("3 green crosses", COLOURS, KINDS)) == {("green", "cross"): 3}

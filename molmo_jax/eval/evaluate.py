@@ -60,7 +60,17 @@ RUN_INFO = "run.json"
 REPORT = "report.html"
 
 # metric name -> per-example scorer. VqaEval metrics post-process the prediction first.
-METRIC_NAMES = ("vqa_score", "anls", "relaxed_correctness", "em", "mc", "count", "pointing", "clock")
+METRIC_NAMES = (
+    "vqa_score",
+    "anls",
+    "relaxed_correctness",
+    "em",
+    "mc",
+    "count",
+    "pointing",
+    "clock",
+    "caption_recall",
+)
 
 # Task defaults (MOLMO_SPEC 10.1/10.2): metric and max_new_tokens.
 TASK_DEFAULTS: dict[str, tuple[str, int]] = {
@@ -70,6 +80,7 @@ TASK_DEFAULTS: dict[str, tuple[str, int]] = {
     "pixmo_points_eval": ("pointing", 192),
     # The original's default of 12 cuts "The time shown is 10:07:09" for digit-split tokenizers.
     "pixmo_clocks": ("clock", 24),
+    "pixmo_cap": ("caption_recall", 192),  # synthetic scenes: colour + shape of every object
     "chart_qa": ("relaxed_correctness", 12),
     "doc_qa": ("anls", 12),
     "info_qa": ("anls", 12),
@@ -129,6 +140,10 @@ def references_of(metric: str, metadata: Mapping[str, Any]) -> Any:
         return gt_points_pixels(metadata).tolist()
     if metric == "clock":
         return {k: int(metadata[k]) for k in ("hour", "minute", "second")}
+    if metric == "caption_recall":
+        if not metadata.get("caption"):
+            raise ValueError("the example has no reference caption")
+        return metadata["caption"]
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRIC_NAMES}")
 
 
@@ -155,6 +170,11 @@ def score_example(
     if metric == "clock":
         scores = M.clock_scores(prediction, **refs, is_test=clock_test_mode)
         return prediction.strip(), refs, scores
+    if metric == "caption_recall":
+        from molmo_jax.data.synthetic import KINDS, SHAPE_COLOURS
+
+        parsed = {f"{c} {k}": n for (c, k), n in M.caption_objects(prediction, SHAPE_COLOURS, KINDS).items()}
+        return parsed, refs, {"caption_recall": M.caption_recall(prediction, refs, SHAPE_COLOURS, KINDS)}
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRIC_NAMES}")
 
 
@@ -244,12 +264,21 @@ def build_processor(config):
     )
 
 
-def load_model(config):
+def eval_mesh(config):
+    """The config's (data, fsdp, tensor, expert) mesh, or None for one device."""
+    from molmo_jax.model.sharding import make_mesh
+
+    shape = {k: int(v) for k, v in dict(config.get("mesh") or {}).items()}
+    return make_mesh(shape) if any(v != 1 for v in shape.values()) else None
+
+
+def load_model(config, mesh=None):
+    """The checkpoint's model; with a mesh its parameters are placed sharded as they are read."""
     import jax.numpy as jnp
 
     from molmo_jax.checkpoints.hf import load_pretrained
 
-    return load_pretrained(config.checkpoint, jnp.dtype(config.get("dtype") or "float32"))
+    return load_pretrained(config.checkpoint, jnp.dtype(config.get("dtype") or "float32"), mesh=mesh)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,6 +372,9 @@ def evaluate_task(
         out = processor.process_example(example, for_inference=True, rng=rs)
         meta = out.pop("metadata")
         meta.setdefault("point_units", record.get("point_units"))
+        if metric == "caption_recall":  # the reference caption of a PixMo-Cap record
+            annotations = record.get("annotations") or [record]
+            meta.setdefault("caption", annotations[0].get("caption"))
         ident = {
             "id": f"{task}/{i}",
             "index": i,
@@ -432,8 +464,9 @@ def evaluate(
         raise ValueError("config.data_dir is required (--config.data_dir=DIR)")
     workdir = Path(workdir)
     processor = processor if processor is not None else build_processor(config)
-    model = model if model is not None else load_model(config)
-    generator = generator_for(model)
+    mesh = eval_mesh(config)
+    model = model if model is not None else load_model(config, mesh)
+    generator = generator_for(model, mesh)
     results = {}
     for task in tasks:
         results[task] = evaluate_task(
