@@ -662,20 +662,8 @@ def count_aggregate(
 # ----------------------------------------------------------------------------------------------
 # Caption recall (synthetic scenes; not one of the original's evaluators)
 
-_NUMBER_WORDS = {
-    "a": 1,
-    "an": 1,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-}
+# Count words of a caption: the counting table plus the articles.
+_NUMBER_WORDS = {"a": 1, "an": 1, **COUNT_WORDS}
 
 
 def caption_objects(text: str, colours: Sequence[str], kinds: Sequence[str]) -> Counter:
