@@ -27,7 +27,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": [
-        "pytest>=8,<10", "ruff>=0.6,<1", "scikit-image>=0.24,<0.27",
+        "pytest>=8,<10", "ruff>=0.6,<1", "scikit-image>=0.24,<0.27", "selenium>=4.20,<5",
         "fastapi>=0.110,<1", "uvicorn>=0.29,<1", "httpx>=0.27,<1", "tensorboardX>=2.6,<3",
     ],
     "serve": ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "httpx>=0.27,<1"],

@@ -136,6 +136,8 @@ def create_app(config: ServeConfig, *, model=None, processor=None, generator=Non
             "queue": batcher.queue_size(),
             "max_queue": config.max_queue,
             "max_batch": config.max_batch,
+            "max_new_tokens": config.max_new_tokens,
+            "default_max_tokens": config.default_max_tokens,
             "served": batcher.served,
             "recent_batch_sizes": batcher.batch_sizes[-20:],
         }

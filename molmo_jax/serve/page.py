@@ -11,7 +11,10 @@ PAGE = """<!doctype html>
          color: #222; }
   #drop { border: 2px dashed #999; border-radius: 8px; padding: 1em; text-align: center; cursor: pointer; }
   #drop.over { border-color: #06c; background: #eef5ff; }
-  canvas { max-width: 100%; margin-top: .5em; display: none; }
+  #view { position: relative; display: none; max-width: 100%; margin-top: .5em; }
+  #view canvas { display: block; max-width: 100%; }
+  #overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%; pointer-events: none; }
+  #overlay circle { fill: rgba(255, 40, 120, 0.85); stroke: white; }
   textarea { width: 100%; box-sizing: border-box; font: inherit; }
   #answer { white-space: pre-wrap; background: #f6f6f6; padding: .8em; border-radius: 6px; min-height: 2em; }
   #meta { color: #666; font-size: .9em; }
@@ -24,7 +27,8 @@ PAGE = """<!doctype html>
 <div id="drop">Drop an image here or click to choose one
   <input id="file" type="file" accept="image/*" hidden>
 </div>
-<canvas id="canvas"></canvas>
+<div id="view"><canvas id="canvas"></canvas>
+  <svg id="overlay" xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="none"></svg></div>
 <p><textarea id="prompt" rows="2" placeholder="Ask about the image, e.g. Point to the cat."
   >Describe this image.</textarea></p>
 <p>max tokens <input id="max_tokens" type="number" value="200" min="1" style="width:5em">
@@ -36,7 +40,15 @@ PAGE = """<!doctype html>
 const drop = document.getElementById('drop'), fileInput = document.getElementById('file');
 const canvas = document.getElementById('canvas'), ctx = canvas.getContext('2d');
 const answer = document.getElementById('answer'), meta = document.getElementById('meta');
+const view = document.getElementById('view'), overlay = document.getElementById('overlay');
+const maxTokens = document.getElementById('max_tokens');
 let dataUrl = null, img = null;
+
+// Start from the server's own token limits, so that the default request is one it accepts.
+fetch('/health').then(r => r.json()).then(h => {
+  if (h.max_new_tokens) maxTokens.max = h.max_new_tokens;
+  if (h.default_max_tokens) maxTokens.value = h.default_max_tokens;
+}).catch(() => {});
 
 drop.onclick = () => fileInput.click();
 drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
@@ -58,16 +70,25 @@ function load(file) {
   reader.readAsDataURL(file);
 }
 
+// The image goes on the canvas; points are SVG circles over it, in image pixels (the viewBox), so
+// they stay on their spot however the image is scaled.
 function draw(points) {
   if (!img) return;
-  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-  canvas.style.display = 'block';
+  const w = img.naturalWidth, h = img.naturalHeight;
+  canvas.width = w; canvas.height = h;
+  view.style.display = 'inline-block';
   ctx.drawImage(img, 0, 0);
-  const r = Math.max(4, Math.round(Math.min(canvas.width, canvas.height) / 60));
+  overlay.setAttribute('viewBox', `0 0 ${w} ${h}`);
+  overlay.replaceChildren();
+  const r = Math.max(4, Math.round(Math.min(w, h) / 60));
   for (const p of points) {
-    ctx.beginPath(); ctx.arc(p.x, p.y, r, 0, 2 * Math.PI);
-    ctx.fillStyle = 'rgba(255, 40, 120, 0.85)'; ctx.fill();
-    ctx.lineWidth = Math.max(1, r / 3); ctx.strokeStyle = 'white'; ctx.stroke();
+    const c = document.createElementNS('http://www.w3.org/2000/svg', 'circle');
+    c.setAttribute('class', 'point');
+    c.setAttribute('cx', p.x); c.setAttribute('cy', p.y); c.setAttribute('r', r);
+    c.setAttribute('stroke-width', Math.max(1, r / 3));
+    const title = document.createElementNS('http://www.w3.org/2000/svg', 'title');
+    title.textContent = `(${p.x.toFixed(1)}, ${p.y.toFixed(1)})`;
+    c.appendChild(title); overlay.appendChild(c);
   }
 }
 
@@ -76,7 +97,7 @@ document.getElementById('ask').onclick = async () => {
   if (dataUrl) content.push({type: 'image_url', image_url: {url: dataUrl}});
   const body = {
     messages: [{role: 'user', content}], stream: true,
-    max_tokens: +document.getElementById('max_tokens').value,
+    max_tokens: +maxTokens.value,
     temperature: +document.getElementById('temperature').value,
   };
   answer.textContent = ''; answer.classList.remove('err'); meta.textContent = 'waiting...';
