@@ -23,12 +23,14 @@ INSTALL_REQUIRES = [
     "array-record>=0.8,<0.9",
     "tensorflow-datasets>=4.9.10,<5",
     "tensorboardX>=2.6,<3",
+    "matplotlib>=3.7,<4",  # the demo report's loss curves
 ]
 
 EXTRAS = {
     "test": [
         "pytest>=8,<10", "ruff>=0.6,<1", "scikit-image>=0.24,<0.27", "selenium>=4.20,<5",
         "fastapi>=0.110,<1", "uvicorn>=0.29,<1", "httpx>=0.27,<1", "tensorboardX>=2.6,<3",
+        "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6.29,<8",
     ],
     "serve": ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "httpx>=0.27,<1"],
     "cuda": ["jax[cuda12]>=0.6,<0.11"],

@@ -18,22 +18,9 @@ def train_bpe_tokenizer(
     folder: str | Path, texts: Sequence[str] = DEFAULT_TEXTS, vocab_size: int = 300
 ) -> Path:
     """A byte-level BPE small enough for the tiny models' vocabularies, saved with its EOS in `folder`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from molmo_jax.preprocess.tokenizer import train_bpe_tokenizer as train
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>", "bos_token": null}')
-    return folder
+    return train(list(texts), folder, vocab_size)
 
 
 def load_config(name: str, arg: str):

@@ -172,6 +172,8 @@ def test_scores_files_resume_and_overwrite(setup, tmp_path):
             else:
                 sec = ann["second"] if ann.get("second") is not None else -1
                 expected = M.clock_scores(pred, ann["hour"], ann["minute"], sec)
+                off = M.clock_minutes_off(pred, ann["hour"], ann["minute"], sec)
+                expected["within_2_minutes"] = off is not None and off <= 2
             assert row["scores"] == pytest.approx(expected)
             key = {"pixmo_points_eval": "recall", "pixmo_clocks": "all_correct"}.get(task, "correct")
             assert row["scores"][key] == (row["index"] % 2 == 0), row

@@ -39,18 +39,23 @@ def main(argv) -> int:
     if FLAGS.dry_run_memory:
         r = dry_run_memory(FLAGS.config)
         gib = lambda n: f"{n / 2**30:.2f} GiB"
-        print(f"{r['preset']}: {r['parameters']:,} parameters on mesh {r['mesh']} ({r['devices']} devices)")
+        print(
+            f"{r['preset']}: {r['parameters']:,} parameters ({r['trainable']:,} trainable) on mesh "
+            f"{r['mesh']} ({r['devices']} devices)"
+        )
         print(
             f"  per device: arguments {gib(r['argument_bytes'])}, outputs {gib(r['output_bytes'])}, "
             f"temporaries {gib(r['temp_bytes'])}, aliased {gib(r['alias_bytes'])}"
         )
-        print(f"  peak per device ~ {gib(r['peak_bytes_per_device'])}")
+        print(f"  peak per device ~ {gib(r['peak_bytes_per_device'])} (compiled in {r['compile_s']:.0f} s)")
         return 0
 
     summary = train(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after)
     last = summary["history"][-1] if summary["history"] else {}
     loss = last.get("loss", float("nan"))
     print(f"done: steps {summary['start_step']}..{summary['end_step']}, last loss {loss:.4f}")
+    if "adapters" in summary:
+        print(f"LoRA adapters {summary['adapters']}")
     if "hf_checkpoint" in summary:
         print(f"exported {summary['hf_checkpoint']}")
     return 0

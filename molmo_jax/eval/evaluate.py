@@ -169,6 +169,9 @@ def score_example(
         return parsed, refs, M.pointing_scores(prediction, refs, masks, (w, h))
     if metric == "clock":
         scores = M.clock_scores(prediction, **refs, is_test=clock_test_mode)
+        if refs["hour"] >= 0:  # a readable clock: also how many minutes off the answer is
+            off = M.clock_minutes_off(prediction, **refs)
+            scores["within_2_minutes"] = off is not None and off <= 2
         return prediction.strip(), refs, scores
     if metric == "caption_recall":
         from molmo_jax.data.synthetic import KINDS, SHAPE_COLOURS

@@ -613,6 +613,21 @@ def clock_scores(
     return scores
 
 
+def clock_minutes_off(prediction: str, hour: int, minute: int, second: int = -1) -> float | None:
+    """How far the predicted time is from the true one, in minutes on a 12-hour dial (0 to 360), or
+    None when no ``H:MM`` time can be read. Seconds count when both sides have them. Not part of
+    the original's ClockEval: the demo's "time within 2 minutes" score."""
+    parts = prediction.strip().split(":")
+    pred_hour, pred_minute = _clock_field(parts, 0, -1), _clock_field(parts, 1, 0)
+    if pred_hour is None or pred_minute is None or hour < 0 or minute < 0:
+        return None
+    pred_second = _clock_field(parts, 2, 0) if second >= 0 else None
+    true = (hour % 12) * 60 + minute + (second / 60 if pred_second is not None else 0)
+    pred = (pred_hour % 12) * 60 + pred_minute + (pred_second / 60 if pred_second is not None else 0)
+    diff = abs(pred - true) % 720
+    return min(diff, 720 - diff)
+
+
 # ----------------------------------------------------------------------------------------------
 # Aggregation
 

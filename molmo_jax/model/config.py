@@ -118,10 +118,18 @@ class LLMConfig:
     moe_top_k: int = 0
     moe_hidden: int = 0
     moe_impl: str = "ragged"
+    # Residual dropout on the attention and feed-forward branches (training only, MOLMO_SPEC §8.4):
+    # keep probability 1 - response_residual_dropout on response tokens when that is > 0, else
+    # 1 - residual_dropout. 0 disables it (inference and the checkpoint configs).
+    residual_dropout: float = 0.0
+    response_residual_dropout: float = 0.0
 
     def __post_init__(self):
         _check_choice("llm.family", self.family, LLM_FAMILIES)
         _check_choice("llm.moe_impl", self.moe_impl, MOE_IMPLS)
+        for key in ("residual_dropout", "response_residual_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"llm.{key}={getattr(self, key)!r} must be in [0, 1)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"llm.num_heads={self.num_heads} is not a multiple of llm.num_kv_heads={self.num_kv_heads}"
@@ -346,6 +354,37 @@ def bench() -> MolmoConfig:
     )
 
 
+def demo() -> MolmoConfig:
+    """The model `make demo` trains from scratch on one CPU: a small CLIP-style ViT on 140-px crops
+    (10x10 patches of 14 px, pooled 2x2 as in the released models) and a small Qwen2-style decoder.
+    The vocabulary is sized to the demo's own tokenizer when training (`model.vocab_from_tokenizer`)."""
+    vision = VisionConfig(
+        width=128,
+        num_heads=4,
+        head_dim=32,
+        num_layers=4,
+        mlp_dim=512,
+        image_size=(140, 140),
+        pos_grid=(10, 10),
+    )
+    llm = LLMConfig(
+        d_model=192,
+        num_layers=3,
+        num_heads=3,
+        num_kv_heads=1,
+        head_dim=64,
+        mlp_hidden=512,
+        vocab_size=1024,
+        embedding_size=1024,
+        additional_vocab_size=128,
+    )
+    return MolmoConfig(
+        vision=vision,
+        connector=ConnectorConfig(vit_layers=(-1, -3), projector_hidden=llm.mlp_hidden),
+        llm=llm,
+    )
+
+
 PRESETS = {
     "molmoe_1b": molmoe_1b,
     "molmo_7b_o": molmo_7b_o,
@@ -355,6 +394,7 @@ PRESETS = {
     "tiny_olmo": lambda: tiny("olmo"),
     "tiny_olmoe": lambda: tiny("olmoe"),
     "bench": bench,
+    "demo": demo,
 }
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from molmo_jax.model.config import LLMConfig
 from molmo_jax.model.layers import RMSNorm, call_rematerialized, normal_init, param, shard, zeros_init
-from molmo_jax.model.moe import MoEFeedForward
+from molmo_jax.model.moe import MoEFeedForward, moe_aux_losses
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
@@ -126,6 +126,29 @@ class SwiGLU(nnx.Module):
         return h @ self.down[...].astype(dt)
 
 
+def dropout_keep_prob(
+    shape: tuple[int, int], rate: float, response_rate: float = 0.0, response_mask: jax.Array | None = None
+) -> jax.Array:
+    """Per-token keep probability `[B, T]` of response residual dropout: `1 - response_rate` on
+    response tokens when `response_rate > 0`, `1 - rate` everywhere else."""
+    keep = jnp.full(shape, 1.0 - rate, jnp.float32)
+    if response_rate > 0:
+        if response_mask is None:
+            raise ValueError("response residual dropout needs a response mask (loss_masks > 0)")
+        keep = jnp.where(response_mask, 1.0 - response_rate, keep)
+    return keep
+
+
+def residual_dropout(y: jax.Array, keep: jax.Array | None, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout of a residual branch `[B, T, D]` with per-token keep probabilities `[B, T]`
+    (identity without `keep` or `rng`)."""
+    if keep is None or rng is None:
+        return y
+    p = keep[:, :, None]
+    mask = jax.random.bernoulli(rng, jnp.broadcast_to(p, y.shape))
+    return jnp.where(mask, y / p.astype(y.dtype), 0).astype(y.dtype)
+
+
 class DecoderBlock(nnx.Module):
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         kw = dict(rngs=rngs, param_dtype=param_dtype)
@@ -135,20 +158,24 @@ class DecoderBlock(nnx.Module):
         self.ff_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
         self.mlp = MoEFeedForward(config, **kw) if config.is_moe else SwiGLU(config, **kw)
 
-    def __call__(self, x, sin, cos, bias, cache=None, cache_index=None):
-        """-> (x, cache, aux) where aux holds the MoE routing (empty for dense blocks)."""
+    def __call__(self, x, sin, cos, bias, cache=None, cache_index=None, keep=None, rng=None):
+        """-> (x, cache, aux) where aux holds the MoE routing (empty for dense blocks).
+
+        With `keep` (`[B, T]` keep probabilities) and `rng`, both residual branches go through
+        `residual_dropout`; otherwise the block is deterministic."""
         aux: dict[str, jax.Array] = {}
+        keys = (None, None) if rng is None else tuple(jax.random.split(rng))
         if self.norm_after:
             a, cache = self.attn(x, sin, cos, bias, cache, cache_index)
-            x = x + self.attn_norm(a)
-            x = x + self.ff_norm(self._mlp(x, aux))
+            x = x + residual_dropout(self.attn_norm(a), keep, keys[0])
+            x = x + residual_dropout(self.ff_norm(self._mlp(x, aux)), keep, keys[1])
         else:
             a, cache = self.attn(self.attn_norm(x), sin, cos, bias, cache, cache_index)
-            x = x + a
+            x = x + residual_dropout(a, keep, keys[0])
             h = self.ff_norm(x)
             if isinstance(self.mlp, MoEFeedForward):
                 aux["moe_in"] = h
-            x = x + self._mlp(h, aux)
+            x = x + residual_dropout(self._mlp(h, aux), keep, keys[1])
         return shard(x, ("batch", "length", "embed")), cache, aux
 
     def _mlp(self, h, aux):
@@ -198,11 +225,17 @@ class Decoder(nnx.Module):
         *,
         collect: bool = False,
         remat: bool = False,
+        keep: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
+        valid: jax.Array | None = None,
     ) -> tuple[jax.Array, list[KVCache] | None, dict]:
         """Embedded inputs `[B, T, D]` -> (normed hidden `[B, T, D]`, caches, intermediates).
 
         With `collect`, intermediates hold `hidden_states` (block inputs, then the final normed
-        state: `[L + 1, B, T, D]`) and, for MoE, the stacked routing arrays.
+        state: `[L + 1, B, T, D]`) and, for MoE, the stacked routing arrays. For MoE decoders
+        intermediates always hold `moe_losses` (load-balancing and router z-loss over the `valid`
+        tokens, unweighted). `keep` `[B, T]` and `dropout_rng` switch on residual dropout (block i
+        uses `fold_in(dropout_rng, i)`).
         """
         sin, cos = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
         hidden, auxes, new_caches = [], [], []
@@ -211,11 +244,18 @@ class Decoder(nnx.Module):
             if collect:
                 hidden.append(x)
             cache = caches[i] if caches is not None else None
-            x, cache, aux = run(block, x, sin, cos, bias, cache, cache_index)
+            rng = None if dropout_rng is None or keep is None else jax.random.fold_in(dropout_rng, i)
+            x, cache, aux = run(block, x, sin, cos, bias, cache, cache_index, keep, rng)
             new_caches.append(cache)
             auxes.append(aux)
         x = self.ln_f(x)
         inter: dict = {}
+        if self.config.is_moe and auxes:
+            inter["moe_losses"] = moe_aux_losses(
+                jnp.stack([a["router_logits"] for a in auxes]),
+                jnp.stack([a["topk_idx"] for a in auxes]),
+                valid,
+            )
         if collect:
             inter["hidden_states"] = jnp.stack(hidden + [x])
             if auxes and auxes[0]:
@@ -275,5 +315,5 @@ class CausalLM(nnx.Module):
         valid = input_ids != -1
         positions = positions_from_valid(valid) if position_ids is None else position_ids
         x = self.llm.embed(input_ids, self.dtype)
-        h, _, inter = self.llm(x, positions, attention_bias(valid), collect=return_intermediates)
+        h, _, inter = self.llm(x, positions, attention_bias(valid), collect=return_intermediates, valid=valid)
         return self.llm.logits(h), inter

@@ -28,6 +28,32 @@ def route(router_logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
     return jax.lax.top_k(probs, top_k)
 
 
+def moe_aux_losses(
+    router_logits: jax.Array, topk_idx: jax.Array, valid: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Unweighted auxiliary losses of a stack of MoE layers (megablocks' definitions), over tokens.
+
+    router_logits `[L, B, T, E]`, topk_idx `[L, B, T, k]`, valid `[B, T]` (tokens that count;
+    default all). With N counted tokens:
+      load_balance = E / (L * N * k) * sum_{l,e} count_{l,e} * mean_prob_{l,e}
+        (count: top-k assignments of expert e in layer l; mean_prob: its softmax probability
+        averaged over the tokens; 1.0 for perfectly uniform routing),
+      router_z = mean_l mean_tokens logsumexp(logits)^2.
+    """
+    n_layers, b, t, e = router_logits.shape
+    k = topk_idx.shape[-1]
+    w = jnp.ones((b, t), jnp.float32) if valid is None else valid.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    logits = router_logits.astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    mean_prob = jnp.einsum("lbte,bt->le", probs, w) / n
+    counts = jnp.einsum("lbtke,bt->le", jax.nn.one_hot(topk_idx, e, dtype=jnp.float32), w)
+    load_balance = e / (n_layers * n * k) * jnp.sum(counts * mean_prob)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    router_z = jnp.einsum("lbt,bt->", jnp.square(lse), w) / (n * n_layers)
+    return {"load_balance": load_balance, "router_z": router_z}
+
+
 class MoEFeedForward(nnx.Module):
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         e, d, h = config.moe_num_experts, config.d_model, config.moe_hidden

@@ -12,7 +12,7 @@ from flax import nnx
 from molmo_jax.model.config import MolmoConfig
 from molmo_jax.model.connector import Connector
 from molmo_jax.model.layers import as_dtype
-from molmo_jax.model.llm import Decoder, KVCache, attention_bias, positions_from_valid
+from molmo_jax.model.llm import Decoder, KVCache, attention_bias, dropout_keep_prob, positions_from_valid
 from molmo_jax.model.vit import build_tower
 
 
@@ -21,7 +21,8 @@ from molmo_jax.model.vit import build_tower
 class MolmoOutput:
     """`logits` `[B, T, embedding_size]` (float32). The rest is filled with `return_intermediates`:
     `hidden_states` `[L + 1, B, T, D]`, `vit_selected` `[n_taps, B, C, tokens, W]`,
-    `pooled_features` `[B, C, P', W]`, `image_features` `[B, C, P', D]`, and MoE routing arrays."""
+    `pooled_features` `[B, C, P', W]`, `image_features` `[B, C, P', D]`, and MoE routing arrays.
+    `aux_losses` holds the unweighted MoE losses (`load_balance`, `router_z`) of MoE models."""
 
     logits: jax.Array
     hidden_states: jax.Array | None = None
@@ -29,6 +30,7 @@ class MolmoOutput:
     pooled_features: jax.Array | None = None
     image_features: jax.Array | None = None
     extras: dict = dataclasses.field(default_factory=dict)
+    aux_losses: dict = dataclasses.field(default_factory=dict)
 
 
 class Molmo(nnx.Module):
@@ -134,6 +136,9 @@ class Molmo(nnx.Module):
         subsegment_ids: jax.Array | None = None,
         logit_positions: jax.Array | None = None,
         return_intermediates: bool = False,
+        deterministic: bool = True,
+        dropout_rng: jax.Array | None = None,
+        response_mask: jax.Array | None = None,
     ) -> MolmoOutput:
         """Forward pass (no cache).
 
@@ -146,19 +151,37 @@ class Molmo(nnx.Module):
           subsegment_ids: `[B, T]` for packed conversations (see `attention_bias`).
           logit_positions: `[B, K]` positions at which to compute logits (default: all T). Training
             needs logits only where the loss is, which in Molmo is a small part of the sequence.
+          deterministic: False applies the config's residual dropout (needs `dropout_rng`, and
+            `response_mask` `[B, T]` = loss_masks > 0 for response dropout); True never drops.
         """
         valid = input_ids != -1
+        keep = None
+        llm_cfg = self.config.llm
+        if not deterministic and (llm_cfg.residual_dropout > 0 or llm_cfg.response_residual_dropout > 0):
+            if dropout_rng is None:
+                raise ValueError("deterministic=False with residual dropout needs a dropout_rng")
+            keep = dropout_keep_prob(
+                input_ids.shape, llm_cfg.residual_dropout, llm_cfg.response_residual_dropout, response_mask
+            )
         positions = positions_from_valid(valid) if position_ids is None else position_ids
         x, inter = self.embed_inputs(input_ids, images, image_masks, image_input_idx)
         bias = attention_bias(valid, subsegment_ids)
         h, _, llm_inter = self.llm(
-            x, positions, bias, collect=return_intermediates, remat="llm" in self.config.remat
+            x,
+            positions,
+            bias,
+            collect=return_intermediates,
+            remat="llm" in self.config.remat,
+            keep=keep,
+            dropout_rng=dropout_rng,
+            valid=valid,
         )
+        aux_losses = llm_inter.pop("moe_losses", {})
         if logit_positions is not None:
             h = jnp.take_along_axis(h, logit_positions[..., None], axis=1)
         logits = self.llm.logits(h)
         if not return_intermediates:
-            return MolmoOutput(logits=logits)
+            return MolmoOutput(logits=logits, aux_losses=aux_losses)
         return MolmoOutput(
             logits=logits,
             hidden_states=llm_inter.pop("hidden_states"),
@@ -166,6 +189,7 @@ class Molmo(nnx.Module):
             pooled_features=inter.get("pooled_features"),
             image_features=inter.get("image_features"),
             extras=llm_inter,
+            aux_losses=aux_losses,
         )
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[KVCache]:

@@ -108,13 +108,72 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
-def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
-    """A mesh over the MESH_AXES; one axis may be -1 (takes the remaining devices)."""
+def make_mesh(shape: dict[str, int], devices=None, dcn: dict[str, int] | None = None) -> Mesh:
+    """A mesh over the MESH_AXES; one axis may be -1 (takes the remaining devices).
+
+    With `dcn` degrees (multi-slice: axes split across slices over the data-centre network), `shape`
+    gives the degrees within a slice and each mesh axis has size `shape[a] * dcn[a]`; the devices are
+    laid out by `mesh_utils.create_hybrid_device_mesh`, so only the dcn part of an axis crosses
+    slices. Slices are the devices' `slice_index` (TPU), else their processes when there are as
+    many processes as slices, else (one process, e.g. simulated CPU devices) contiguous groups of
+    devices stand in for slices."""
+    import numpy as np
+
     devices = list(devices if devices is not None else jax.devices())
-    sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+    dcn_sizes = {a: int(v) for a, v in (dcn or {}).items()}
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
+    unknown = set(dcn_sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown dcn mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
+    if any(v < 1 for v in dcn_sizes.values()):
+        raise ValueError(f"dcn mesh degrees must be >= 1, got {dcn_sizes}")
+    dcn_shape = tuple(dcn_sizes.get(a, 1) for a in MESH_AXES)
+    n_slices = int(np.prod(dcn_shape))
+    if len(devices) % n_slices:
+        raise ValueError(f"{len(devices)} devices do not split into {n_slices} slices (dcn {dcn_sizes})")
+    ici = _resolve_sizes(shape, len(devices) // n_slices if n_slices > 1 else len(devices))
+    ici_shape = tuple(ici[a] for a in MESH_AXES)
+    if n_slices == 1:
+        total = int(np.prod(ici_shape))
+        devices = devices[:total]  # a fixed mesh smaller than the machine uses the first devices
+        return Mesh(np.asarray(devices).reshape(ici_shape), MESH_AXES)
+    if int(np.prod(ici_shape)) * n_slices != len(devices):
+        raise ValueError(
+            f"mesh {ici} per slice x dcn {dict(zip(MESH_AXES, dcn_shape))} needs "
+            f"{int(np.prod(ici_shape)) * n_slices} devices, {len(devices)} available"
+        )
+    return Mesh(hybrid_device_grid(ici_shape, dcn_shape, devices), MESH_AXES)
+
+
+def hybrid_device_grid(ici_shape: tuple[int, ...], dcn_shape: tuple[int, ...], devices: list):
+    """Device array of shape ici * dcn (per axis): one ICI block per slice, blocks tiled over dcn."""
+    import numpy as np
+    from jax.experimental import mesh_utils
+
+    n_slices = int(np.prod(dcn_shape))
+    if hasattr(devices[0], "slice_index"):
+        return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+    if len({d.process_index for d in devices}) == n_slices:
+        return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=True)
+    if len({d.process_index for d in devices}) > 1:
+        raise ValueError(
+            f"the devices have no slice_index and their {len({d.process_index for d in devices})} "
+            f"processes do not match the {n_slices} slices of the dcn degrees {dcn_shape}"
+        )
+    # One process without slice information (simulated devices): contiguous groups act as slices,
+    # tiled exactly as create_hybrid_device_mesh tiles real ones.
+    per = len(devices) // n_slices
+    blocks = [np.asarray(devices[i * per : (i + 1) * per]).reshape(ici_shape) for i in range(n_slices)]
+    order = np.arange(n_slices).reshape(dcn_shape)
+    tiled = np.vectorize(lambda i: blocks[i], otypes=[object])(order)
+    return np.block(tiled.tolist())
+
+
+def _resolve_sizes(shape: dict[str, int], n_devices: int) -> dict[str, int]:
+    """Axis sizes with the one -1 axis (if any) filled from `n_devices`; checks they fit."""
+    sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
     auto = [a for a, s in sizes.items() if s == -1]
     if len(auto) > 1:
         raise ValueError(f"only one mesh axis may be -1, got {auto}")
@@ -123,16 +182,12 @@ def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
         if s != -1:
             fixed *= s
     if auto:
-        if len(devices) % fixed:
-            raise ValueError(f"{len(devices)} devices do not divide by the fixed mesh axes {sizes}")
-        sizes[auto[0]] = len(devices) // fixed
+        if n_devices % fixed:
+            raise ValueError(f"{n_devices} devices do not divide by the fixed mesh axes {sizes}")
+        sizes[auto[0]] = n_devices // fixed
     total = 1
     for s in sizes.values():
         total *= s
-    if total > len(devices):
-        raise ValueError(f"mesh {sizes} needs {total} devices, {len(devices)} available")
-    devices = devices[:total]  # a fixed mesh smaller than the machine uses the first devices
-    import numpy as np
-
-    grid = np.asarray(devices).reshape(tuple(sizes[a] for a in MESH_AXES))
-    return Mesh(grid, MESH_AXES)
+    if total > n_devices:
+        raise ValueError(f"mesh {sizes} needs {total} devices, {n_devices} available")
+    return sizes

@@ -226,6 +226,27 @@ class MolmoProcessor:
             tok_source, image_config, fmt.FormatterConfig(**text_kw), max_sequence_length=max_sequence_length
         )
 
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the tokenizer files and a ``preprocessor_config.json`` with the crop settings, so
+        that ``from_pretrained(folder)`` gives back this processor's image layout (e.g. a model
+        trained with fewer crops than the released ones)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(folder)
+        c = self.image_config
+        pre = _load_json(folder / "preprocessor_config.json")
+        pre.update(
+            max_crops=c.max_crops,
+            overlap_margins=list(c.overlap_margins),
+            base_image_input_size=[c.crop_size, c.crop_size],
+            image_patch_size=c.patch_size,
+            image_token_length_h=c.tokens_h,
+            image_token_length_w=c.tokens_w,
+            image_padding_mask=c.image_padding_mask,
+        )
+        (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+        return folder
+
     # Public calls -------------------------------------------------------------------------------
     def __call__(
         self,

@@ -409,3 +409,28 @@ def find_tokenizer_file(folder: Path) -> Path:
     if models:
         return models[0]
     raise TokenizerError(f"{folder}: no tokenizer.json(.gz) or SentencePiece .model file")
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], folder: str | os.PathLike, vocab_size: int, eos_token: str = "<|endoftext|>"
+) -> Path:
+    """Train a byte-level BPE on `texts` (the `tokenizers` library) and save it to `folder` with its
+    EOS token, in the layout `MolmoTokenizer.from_pretrained` reads. For models trained from scratch
+    (the demo); released checkpoints bring their own tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[eos_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos_token, "bos_token": None}))
+    return folder

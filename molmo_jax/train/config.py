@@ -8,6 +8,8 @@ naming the key.
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from molmo_jax.model.config import PRESETS, ConfigError
@@ -36,6 +38,15 @@ RECIPE = {
         tasks=["my_dataset"],
         steps=2_000,
     ),
+}
+
+
+# Residual dropout on the LLM blocks per stage (MOLMO_SPEC §8.2-8.4): stage 1 drops on the response
+# (caption) tokens only, stage 2 on all tokens; fine-tuning follows stage 2.
+DROPOUT = {
+    "stage1": dict(residual_dropout=0.0, response_residual_dropout=0.1),
+    "stage2": dict(residual_dropout=0.1, response_residual_dropout=0.0),
+    "finetune": dict(residual_dropout=0.1, response_residual_dropout=0.0),
 }
 
 
@@ -95,6 +106,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
             steps=recipe["steps"],
             grad_accum_steps=1,
             z_loss_weight=1e-4,
+            **DROPOUT[stage],
+            # MoE auxiliary losses (MoE presets only); 0 in the released recipe (MOLMO_SPEC §3.1)
+            moe_load_balance_weight=0.0,
+            moe_router_z_weight=0.0,
             loss_budget=0,  # logits at most at this many loss positions per example (0: every position)
             log_every=10,
             checkpoint_every=1000,
@@ -102,8 +117,31 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
             export_hf=True,  # write an HF-layout checkpoint at the end (next stage / generate / evaluate)
         )
     )
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+    # Degrees within a slice; `dcn` splits axes across slices (multi-slice: axis size = ici * dcn).
+    c.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1, expert=1, dcn=dict(data=1, fsdp=1, tensor=1, expert=1))
+    )
+    c.lora = lora_defaults()
     return c
+
+
+def lora_defaults() -> ml_collections.ConfigDict:
+    """LoRA settings (off by default): with `enabled` the trainer freezes the base (kept in
+    `base_dtype`) and trains only rank-`rank` adapters on the weights whose paths match `targets`
+    (regexes, see `molmo_jax.train.lora`; "default" and "all_linear" name the built-in sets)."""
+    return ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            rank=16,
+            alpha=32.0,
+            dropout=0.0,
+            targets=("default",),  # LLM attention + MLP; "all_linear" adds the ViT and connector
+            base_dtype="bfloat16",  # frozen weights; adapters and their optimizer state are float32
+            lr=1e-4,
+            warmup=100,
+            export_merged=False,  # also write base + adapters merged as an HF checkpoint (WORKDIR/hf)
+        )
+    )
 
 
 def use_tiny_model(c: ml_collections.ConfigDict, *, lr: dict[str, float]) -> ml_collections.ConfigDict:
@@ -156,14 +194,51 @@ def validate(c: ml_collections.ConfigDict) -> None:
     )
     need(c.train.steps > 0, "train.steps", "must be positive")
     need(c.train.loss_budget >= 0, "train.loss_budget", "must be >= 0")
+    for key in ("residual_dropout", "response_residual_dropout"):
+        need(0 <= c.train[key] < 1, f"train.{key}", "must be in [0, 1)")
+    for key in ("moe_load_balance_weight", "moe_router_z_weight"):
+        need(c.train[key] >= 0, f"train.{key}", "must be >= 0")
     need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
     need(0 <= c.optimizer.final_lr_fraction <= 1, "optimizer.final_lr_fraction", "must be in [0, 1]")
     for group in ("connector", "vit", "llm"):
         need(c.optimizer.lr.get(group, -1) >= 0, f"optimizer.lr.{group}", "must be a non-negative number")
         need(c.optimizer.warmup.get(group, -1) >= 0, f"optimizer.warmup.{group}", "must be >= 0")
+    if "lora" in c and c.lora.enabled:
+        _validate_lora(c, need)
     sizes = [c.mesh[a] for a in ("data", "fsdp", "tensor", "expert")]
     need(sum(1 for s in sizes if s == -1) <= 1, "mesh", "at most one axis may be -1")
     need(all(s == -1 or s >= 1 for s in sizes), "mesh", "axis sizes must be >= 1 or -1")
+    for key in c.mesh:
+        need(key in ("data", "fsdp", "tensor", "expert", "dcn"), f"mesh.{key}", "is not a mesh axis")
+    for key, size in (c.mesh.get("dcn") or {}).items():
+        need(key in ("data", "fsdp", "tensor", "expert"), f"mesh.dcn.{key}", "is not a mesh axis")
+        need(isinstance(size, int) and size >= 1, f"mesh.dcn.{key}", "dcn degrees must be integers >= 1")
+
+
+LORA_TARGET_SETS = ("default", "all_linear")
+
+
+def _validate_lora(c: ml_collections.ConfigDict, need) -> None:
+    lo = c.lora
+    need(isinstance(lo.rank, int) and lo.rank >= 1, "lora.rank", "must be an integer >= 1")
+    need(lo.alpha > 0, "lora.alpha", "must be positive")
+    need(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)")
+    need(lo.base_dtype in ("float32", "bfloat16"), "lora.base_dtype", "float32 or bfloat16")
+    need(lo.lr >= 0, "lora.lr", "must be >= 0")
+    need(lo.warmup >= 0, "lora.warmup", "must be >= 0")
+    targets = lo.targets
+    need(
+        isinstance(targets, (list, tuple)) and len(targets) > 0 and all(isinstance(t, str) for t in targets),
+        "lora.targets",
+        f"needs at least one regex or one of {LORA_TARGET_SETS}",
+    )
+    for t in targets:
+        if t in LORA_TARGET_SETS:
+            continue
+        try:
+            re.compile(t)
+        except re.error as e:
+            raise ConfigError(f"config.lora.targets: {t!r} is not a valid regex ({e})") from None
 
 
 def _get(c, dotted: str):

@@ -81,17 +81,27 @@ def build_model_config(c: ml_collections.ConfigDict, processor):
         cfg = get_preset(c.model.preset)
     else:
         cfg = from_hf_config(Path(c.model.checkpoint) / "config.json")
-    cfg = cfg.replace(
-        dtype=c.model.dtype,
-        param_dtype=c.model.param_dtype,
-        crop_chunk=c.model.crop_chunk,
-        remat=tuple(c.model.remat),
-    )
+    cfg = with_training_settings(cfg, c)
     if c.model.vocab_from_tokenizer and c.model.init == "scratch":
         base = processor.tokenizer.image_start_id  # the image tokens follow the text vocabulary
         size = int(math.ceil(base / 128) * 128)
         cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, vocab_size=base, embedding_size=size))
     return cfg
+
+
+def with_training_settings(cfg, c: ml_collections.ConfigDict):
+    """The model config with the experiment's dtypes, crop grouping, remat and residual dropout."""
+    return cfg.replace(
+        dtype=c.model.dtype,
+        param_dtype=c.model.param_dtype,
+        crop_chunk=c.model.crop_chunk,
+        remat=tuple(c.model.remat),
+        llm=dataclasses.replace(
+            cfg.llm,
+            residual_dropout=float(c.train.residual_dropout),
+            response_residual_dropout=float(c.train.response_residual_dropout),
+        ),
+    )
 
 
 def optimizer_settings(c: ml_collections.ConfigDict) -> OptimizerSettings:
@@ -131,6 +141,9 @@ def jitted_step(c: ml_collections.ConfigDict, graphdef, tx, abstract_params, mes
         z_loss_weight=c.train.z_loss_weight,
         grad_accum_steps=c.train.grad_accum_steps,
         loss_budget=c.train.loss_budget or None,
+        seed=int(c.seed),
+        moe_load_balance_weight=float(c.train.moe_load_balance_weight),
+        moe_router_z_weight=float(c.train.moe_router_z_weight),
     )
     step = jax.jit(
         make_train_step(graphdef, tx, settings, mesh),
@@ -138,6 +151,64 @@ def jitted_step(c: ml_collections.ConfigDict, graphdef, tx, abstract_params, mes
         donate_argnums=(0, 1),
     )
     return step, param_sh, opt_sh, abstract_opt
+
+
+def lora_config(c: ml_collections.ConfigDict):
+    """`c.lora` as a `LoRAConfig` (the named target sets expanded)."""
+    from molmo_jax.train import lora
+
+    sets = {"default": lora.DEFAULT_TARGETS, "all_linear": lora.ALL_LINEAR_TARGETS}
+    targets = [t for name in c.lora.targets for t in sets.get(name, (name,))]
+    return lora.LoRAConfig(
+        rank=int(c.lora.rank),
+        alpha=float(c.lora.alpha),
+        dropout=float(c.lora.dropout),
+        targets=tuple(dict.fromkeys(targets)),
+    )
+
+
+def jitted_lora_step(c: ml_collections.ConfigDict, graphdef, abstract_base, mesh, lcfg):
+    """The jitted LoRA step (adapters and their optimizer state donated, the frozen base an input)
+    with the abstract adapters / optimizer state and the shardings of adapters, optimizer, base."""
+    from molmo_jax.train import lora
+
+    o = c.optimizer
+    tx = lora.build_lora_optimizer(
+        float(c.lora.lr),
+        int(c.train.steps),
+        int(c.lora.warmup),
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm,
+        final_lr_fraction=o.final_lr_fraction,
+    )
+    abstract_ad = lora.abstract_adapters(abstract_base, lcfg)
+    abstract_opt = jax.eval_shape(tx.init, abstract_ad)
+    ad_sh = lora.replicated_shardings(abstract_ad, mesh)
+    opt_sh = lora.replicated_shardings(abstract_opt, mesh)
+    base_sh = state_shardings(abstract_base, mesh)
+    settings = StepSettings(
+        z_loss_weight=c.train.z_loss_weight,
+        grad_accum_steps=c.train.grad_accum_steps,
+        loss_budget=c.train.loss_budget or None,
+        moe_load_balance_weight=float(c.train.get("moe_load_balance_weight", 0.0)),
+        moe_router_z_weight=float(c.train.get("moe_router_z_weight", 0.0)),
+    )
+    step = jax.jit(
+        lora.make_lora_train_step(graphdef, tx, settings, lcfg, mesh),
+        out_shardings=(ad_sh, opt_sh, None),
+        donate_argnums=(0, 1),
+    )
+    return step, tx, (abstract_ad, ad_sh), (abstract_opt, opt_sh), base_sh
+
+
+def mesh_from_config(c: ml_collections.ConfigDict):
+    """`config.mesh`: per-slice (ICI) degrees of the axes, and `config.mesh.dcn` across slices."""
+    ici = {k: v for k, v in c.mesh.items() if k != "dcn"}
+    dcn = dict(c.mesh.get("dcn") or {})
+    return make_mesh(ici, dcn=dcn if any(v != 1 for v in dcn.values()) else None)
 
 
 def check_batch_divides_mesh(c: ml_collections.ConfigDict, mesh) -> None:
@@ -192,15 +263,32 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
-    mesh = make_mesh(dict(c.mesh))
+    mesh = mesh_from_config(c)
 
     processor = build_processor(c)
     model_cfg = build_model_config(c, processor)
+    lcfg = lora_config(c) if c.lora.enabled else None
+    if lcfg is not None:  # the frozen base is held in lora.base_dtype
+        model_cfg = model_cfg.replace(param_dtype=c.lora.base_dtype)
     graphdef, abstract_params = nnx.split(
         nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
     )
-    tx = build_optimizer(optimizer_settings(c), abstract_params)
-    step_fn, param_sh, opt_sh, abstract_opt = jitted_step(c, graphdef, tx, abstract_params, mesh)
+    if lcfg is None:
+        tx = build_optimizer(optimizer_settings(c), abstract_params)
+        step_fn, param_sh, opt_sh, abstract_opt = jitted_step(c, graphdef, tx, abstract_params, mesh)
+        state_key, abstract_trainable = "params", abstract_params
+    else:  # `params` below are the adapters; `base` stays frozen
+        from molmo_jax.train import lora
+
+        lora_step, tx, (abstract_trainable, param_sh), (abstract_opt, opt_sh), _ = jitted_lora_step(
+            c, graphdef, abstract_params, mesh, lcfg
+        )
+        state_key = "adapters"
+        dropout_key = jax.random.key(c.seed + 1)
+
+        def step_fn(adapters, opt_state, batch, step_index):  # the full step's signature
+            rng = jax.random.fold_in(dropout_key, step_index) if lcfg.dropout > 0 else None
+            return lora_step(adapters, opt_state, base, batch, rng)
 
     check_batch_divides_mesh(c, mesh)
     n_proc = jax.process_count()
@@ -228,27 +316,42 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
         keep_last=c.train.keep_checkpoints,
     )
     start = ckpt.latest_step()
+    if lcfg is not None:
+        base = init_params(c, model_cfg, mesh, abstract_params)
     if start is not None:
         abstract = {
-            "params": _with_shardings(abstract_params, param_sh),
+            state_key: _with_shardings(abstract_trainable, param_sh),
             "opt_state": _with_shardings(abstract_opt, opt_sh),
         }
         start, state, _ = ckpt.restore(start, abstract, data_iterator=data)
-        params, opt_state = state["params"], state["opt_state"]
+        params, opt_state = state[state_key], state["opt_state"]
         log.info("resumed from step %d", start)
-    else:
+    elif lcfg is None:
         start = 0
         params = init_params(c, model_cfg, mesh, abstract_params)
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    else:
+        start = 0
+        params = jax.jit(
+            lambda: lora.init_adapters(abstract_params, lcfg, jax.random.key(c.seed)), out_shardings=param_sh
+        )()
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
 
     writer = MetricWriter(workdir / "tensorboard")
     opt_settings = optimizer_settings(c)
+    if lcfg is None:
+        trainable = ""
+    else:
+        opt_settings = dataclasses.replace(
+            opt_settings, groups={"lora": GroupSettings(float(c.lora.lr), int(c.lora.warmup))}
+        )
+        trainable = f", LoRA rank {lcfg.rank}: {lora.count_params(abstract_trainable) / 1e6:.2f} M trainable"
     total = c.train.steps
     end = total if stop_after is None else min(total, start + stop_after)
     history: list[dict] = []
     t_start, t_last, examples = time.perf_counter(), time.perf_counter(), 0
     print(
-        f"training {c.model.preset} ({count_params(abstract_params) / 1e6:.1f} M parameters) "
+        f"training {c.model.preset} ({count_params(abstract_params) / 1e6:.1f} M parameters{trainable}) "
         f"steps {start}..{end} on mesh {dict(mesh.shape)}",
         flush=True,
     )
@@ -256,7 +359,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
         batch = next(data)
         if step == start:
             check_batch(batch, c.train.grad_accum_steps)
-        params, opt_state, metrics = step_fn(params, opt_state, to_global(batch, mesh))
+        params, opt_state, metrics = step_fn(params, opt_state, to_global(batch, mesh), np.int32(step))
         examples += c.data.batch_size
         done = step + 1
         if done % c.train.log_every == 0 or done == end:
@@ -285,22 +388,47 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
             )
         ckpt.save(
             done,
-            {"params": params, "opt_state": opt_state},
+            {state_key: params, "opt_state": opt_state},
             data_iterator=data,
-            metadata={"step": done, "stage": c.stage},
+            metadata={"step": done, "stage": c.stage, "lora": lcfg is not None},
             force=done == end,
         )
     ckpt.wait()
     writer.close()
     summary = {"start_step": start, "end_step": end, "history": history, "workdir": str(workdir)}
-    if c.train.export_hf and end == total:
+    if lcfg is not None and end == total:
+        del base
+        summary.update(export_lora(c, lcfg, params, processor, workdir))
+    elif c.train.export_hf and end == total:
         model = nnx.merge(graphdef, jax.device_get(params))
         out = save_pretrained(model, workdir / "hf")
-        processor.tokenizer.save_pretrained(out)
+        processor.save_pretrained(out)  # tokenizer + the crop settings it was trained with
         summary["hf_checkpoint"] = str(out)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     ckpt.close()
     return summary
+
+
+def export_lora(c: ml_collections.ConfigDict, lcfg, adapters, processor, workdir: Path) -> dict:
+    """WORKDIR/adapters (adapter_model.safetensors + adapter_config.json) and, with
+    `lora.export_merged`, WORKDIR/hf: the base checkpoint (at model.param_dtype) with the adapters
+    folded in, as `python -m molmo_jax.cli.merge_lora` writes it."""
+    from molmo_jax.train import lora
+
+    out: dict = {}
+    if jax.process_index() != 0:
+        return out
+    adapters = jax.device_get(adapters)
+    out["adapters"] = str(lora.save_adapters(adapters, lcfg, workdir / "adapters"))
+    if c.lora.export_merged:
+        if not c.model.checkpoint:
+            raise ConfigError("config.lora.export_merged needs a base model.checkpoint to merge into")
+        model = load_pretrained(c.model.checkpoint, jnp.dtype(c.model.param_dtype))
+        lora.merge_lora(model, adapters, lcfg)
+        hf = save_pretrained(model, workdir / "hf")
+        processor.save_pretrained(hf)
+        out["hf_checkpoint"] = str(hf)
+    return out
 
 
 def _with_shardings(tree, shardings):
@@ -350,38 +478,59 @@ def abstract_batch(c: ml_collections.ConfigDict, model_cfg, mesh) -> dict:
     }
 
 
-def dry_run_memory(c: ml_collections.ConfigDict) -> dict:
+def dry_run_memory(c: ml_collections.ConfigDict, *, llm_overrides: dict | None = None) -> dict:
     """Compile the train step ahead of time on abstract inputs (no parameters allocated) and report
-    XLA's per-device memory for the config's preset, batch and mesh."""
+    XLA's per-device memory for the config's preset, batch and mesh, and the compile seconds.
+    `llm_overrides` replaces LLMConfig fields (e.g. `moe_impl`)."""
     validate(c)
-    mesh = make_mesh(dict(c.mesh))
+    mesh = mesh_from_config(c)
     check_batch_divides_mesh(c, mesh)
-    model_cfg = get_preset(c.model.preset).replace(
-        dtype=c.model.dtype,
-        param_dtype=c.model.param_dtype,
-        crop_chunk=c.model.crop_chunk,
-        remat=tuple(c.model.remat),
-    )
+    model_cfg = with_training_settings(get_preset(c.model.preset), c)
+    if llm_overrides:
+        model_cfg = model_cfg.replace(llm=dataclasses.replace(model_cfg.llm, **llm_overrides))
+    t_start = time.perf_counter()
+    lcfg = lora_config(c) if c.lora.enabled else None
+    if lcfg is not None:
+        model_cfg = model_cfg.replace(param_dtype=c.lora.base_dtype)
     graphdef, abstract_params = nnx.split(
         nnx.eval_shape(lambda: Molmo(model_cfg, rngs=nnx.Rngs(0))), nnx.Param
     )
-    tx = build_optimizer(optimizer_settings(c), abstract_params)
-    step, param_sh, opt_sh, abstract_opt = jitted_step(c, graphdef, tx, abstract_params, mesh)
-    compiled = step.lower(
-        _with_shardings(abstract_params, param_sh),
-        _with_shardings(abstract_opt, opt_sh),
-        abstract_batch(c, model_cfg, mesh),
-    ).compile()
+    if lcfg is None:
+        tx = build_optimizer(optimizer_settings(c), abstract_params)
+        step, param_sh, opt_sh, abstract_opt = jitted_step(c, graphdef, tx, abstract_params, mesh)
+        compiled = step.lower(
+            _with_shardings(abstract_params, param_sh),
+            _with_shardings(abstract_opt, opt_sh),
+            abstract_batch(c, model_cfg, mesh),
+            jax.ShapeDtypeStruct((), jnp.int32),
+        ).compile()
+    else:
+        from molmo_jax.train import lora
+
+        step, _, (abstract_ad, ad_sh), (abstract_opt, opt_sh), base_sh = jitted_lora_step(
+            c, graphdef, abstract_params, mesh, lcfg
+        )
+        rng = jax.eval_shape(lambda: jax.random.key(0)) if lcfg.dropout > 0 else None
+        compiled = step.lower(
+            _with_shardings(abstract_ad, ad_sh),
+            _with_shardings(abstract_opt, opt_sh),
+            _with_shardings(abstract_params, base_sh),
+            abstract_batch(c, model_cfg, mesh),
+            rng,
+        ).compile()
+    compile_s = time.perf_counter() - t_start
     mem = compiled.memory_analysis()
     report = {
         "preset": c.model.preset,
         "mesh": dict(mesh.shape),
         "devices": int(mesh.size),
         "parameters": count_params(abstract_params),
+        "trainable": count_params(abstract_params) if lcfg is None else lora.count_params(abstract_ad),
         "argument_bytes": int(mem.argument_size_in_bytes),
         "output_bytes": int(mem.output_size_in_bytes),
         "temp_bytes": int(mem.temp_size_in_bytes),
         "alias_bytes": int(mem.alias_size_in_bytes),
+        "compile_s": compile_s,  # tracing, lowering and XLA compilation
     }
     report["peak_bytes_per_device"] = (
         report["argument_bytes"] + report["output_bytes"] + report["temp_bytes"] - report["alias_bytes"]
