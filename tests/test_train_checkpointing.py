@@ -99,6 +99,18 @@ def test_round_trip_params_optimizer_step_iterator_metadata(tmp_path):
     assert float(np.abs(np.asarray(restored["opt_state"][0].mu["proj"]["kernel"][...])).max()) > 0
 
 
+def test_relative_directory_is_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = train_state(seed=4)
+    with Checkpointer("runs/ckpt", save_interval_steps=1) as ckpt:  # as `--workdir runs/x` gives
+        assert ckpt.save(1, state)
+    monkeypatch.chdir(tmp_path.parent)  # another working directory sees the same absolute path
+    with Checkpointer(tmp_path / "runs" / "ckpt", save_interval_steps=1) as ckpt:
+        step, restored, _ = ckpt.restore(None, abstract(state))
+    assert step == 1
+    assert_trees_equal(restored, state)
+
+
 def test_sharded_restore_is_born_on_the_mesh(tmp_path):
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
     specs = {"w": P("fsdp", "tensor"), "e": P(("data", "fsdp"), None), "b": P("tensor"), "s": P()}

@@ -154,6 +154,9 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
     ):
+        directory = os.fspath(directory)
+        if "://" not in directory:  # Orbax wants absolute local paths (gs:// and the like pass as given)
+            directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
         self.read_only = read_only
         if read_only:
