@@ -104,19 +104,17 @@ def with_training_settings(cfg, c: ml_collections.ConfigDict):
     )
 
 
+def adamw_settings(c: ml_collections.ConfigDict) -> dict:
+    """The AdamW / clipping / schedule-floor values of `config.optimizer` shared by every optimizer."""
+    o = c.optimizer
+    keys = ("b1", "b2", "eps", "weight_decay", "max_grad_norm", "final_lr_fraction")
+    return {k: o[k] for k in keys}
+
+
 def optimizer_settings(c: ml_collections.ConfigDict) -> OptimizerSettings:
     o = c.optimizer
     groups = {g: GroupSettings(float(o.lr[g]), int(o.warmup[g])) for g in ("connector", "vit", "llm")}
-    return OptimizerSettings(
-        groups=groups,
-        total_steps=int(c.train.steps),
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        max_grad_norm=o.max_grad_norm,
-        final_lr_fraction=o.final_lr_fraction,
-    )
+    return OptimizerSettings(groups=groups, total_steps=int(c.train.steps), **adamw_settings(c))
 
 
 def init_params(c, model_cfg, mesh, abstract_params):
@@ -172,17 +170,8 @@ def jitted_lora_step(c: ml_collections.ConfigDict, graphdef, abstract_base, mesh
     with the abstract adapters / optimizer state and the shardings of adapters, optimizer, base."""
     from molmo_jax.train import lora
 
-    o = c.optimizer
     tx = lora.build_lora_optimizer(
-        float(c.lora.lr),
-        int(c.train.steps),
-        int(c.lora.warmup),
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        max_grad_norm=o.max_grad_norm,
-        final_lr_fraction=o.final_lr_fraction,
+        float(c.lora.lr), int(c.train.steps), int(c.lora.warmup), **adamw_settings(c)
     )
     abstract_ad = lora.abstract_adapters(abstract_base, lcfg)
     abstract_opt = jax.eval_shape(tx.init, abstract_ad)
