@@ -24,6 +24,7 @@ Adapter checkpoints: `adapter_model.safetensors` (`<path>.lora_a`, `<path>.lora_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -271,7 +272,7 @@ def make_lora_train_step(
         return microbatch_loss(graphdef, params, batch, settings, normalizer)
 
     def step(adapters, opt_state, base, batch, rng=None):
-        with use_mesh_rules(mesh) if mesh is not None else _null():
+        with use_mesh_rules(mesh) if mesh is not None else contextlib.nullcontext():
             w = jnp.maximum(batch["loss_masks"].astype(jnp.float32), 0.0)
             normalizer = jnp.maximum(jnp.sum(w), 1e-6)
             grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -306,14 +307,6 @@ def make_lora_train_step(
             return adapters, opt_state, metrics
 
     return step
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def replicated_shardings(tree, mesh: jax.sharding.Mesh):

@@ -13,6 +13,7 @@ models add `moe_load_balance_weight * load_balance + moe_router_z_weight * route
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -88,7 +89,7 @@ def make_train_step(
 
     def step(params, opt_state, batch, step_index=0):
         step_rng = jax.random.fold_in(jax.random.key(settings.seed), step_index)
-        with use_mesh_rules(mesh) if mesh is not None else _null():
+        with use_mesh_rules(mesh) if mesh is not None else contextlib.nullcontext():
             normalizer = jnp.maximum(jnp.sum(jnp.maximum(batch["loss_masks"].astype(jnp.float32), 0.0)), 1e-6)
             grad_fn = jax.value_and_grad(microbatch_loss, argnums=1, has_aux=True)
             n = settings.grad_accum_steps
@@ -122,14 +123,6 @@ def make_train_step(
             return params, opt_state, metrics
 
     return step
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def check_batch(batch: dict, grad_accum_steps: int) -> None:
