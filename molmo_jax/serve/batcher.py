@@ -235,6 +235,22 @@ class Batcher:
         finished = [False] * n
         reason = ["length"] * n
         started = time.monotonic()
+
+        def finish(i: int, job, text: str, seconds: float) -> None:
+            """Send the unsent tail of row i's text, then its final answer."""
+            if text != sent[i] and text.startswith(sent[i]):
+                job.emit("delta", text[len(sent[i]) :])
+            job.emit(
+                "done",
+                {
+                    "text": text,
+                    "token_ids": list(tokens[i]),
+                    "finish_reason": reason[i],
+                    "batch_size": n,
+                    "generation_s": seconds,
+                },
+            )
+
         for step_tokens, _ in self.generator.stream(batch, eos, cfg, key=jax.random.key(head.seed)):
             now = time.monotonic()
             for i, job in enumerate(jobs):
@@ -259,32 +275,9 @@ class Batcher:
                     job.emit("delta", text[len(sent[i]) :])
                     sent[i] = text
                 if finished[i]:
-                    if text != sent[i] and text.startswith(sent[i]):
-                        job.emit("delta", text[len(sent[i]) :])
-                    job.emit(
-                        "done",
-                        {
-                            "text": text,
-                            "token_ids": list(tokens[i]),
-                            "finish_reason": reason[i],
-                            "batch_size": n,
-                            "generation_s": now - started,
-                        },
-                    )
+                    finish(i, job, text, now - started)
             if all(finished):
                 break
         for i, job in enumerate(jobs):  # stream ended (all EOS) before a row was marked finished
             if not finished[i] and not job.cancelled:
-                text = tok.decode(tokens[i])
-                if text != sent[i] and text.startswith(sent[i]):
-                    job.emit("delta", text[len(sent[i]) :])
-                job.emit(
-                    "done",
-                    {
-                        "text": text,
-                        "token_ids": list(tokens[i]),
-                        "finish_reason": reason[i],
-                        "batch_size": n,
-                        "generation_s": time.monotonic() - started,
-                    },
-                )
+                finish(i, job, tok.decode(tokens[i]), time.monotonic() - started)
