@@ -15,6 +15,7 @@ from typing import Any
 LLM_FAMILIES = ("qwen2", "olmo", "olmoe")
 POOLING_KINDS = ("attention_meanq",)
 PADDING_EMBED_KINDS = ("pad_and_partial_pad", "pad_embed", "regress", "none")
+CONNECTOR_INITS = ("normal", "fan_in")
 PROJECTOR_KINDS = ("mlp",)
 MOE_IMPLS = ("ragged", "dense")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -85,9 +86,14 @@ class ConnectorConfig:
     pool_size: tuple[int, int] = (2, 2)
     projector: str = "mlp"
     projector_hidden: int = 18944  # width of each SwiGLU branch (the LLM's MLP hidden / 2 in the release)
+    # Initial pooling / projector weights: "normal" N(0, 0.02) as the original; "fan_in" N(0, 1/fan_in)
+    # keeps the image features' scale through the chain, which a narrow model trained from scratch
+    # needs (at width 128, N(0, 0.02) hands the LLM features ~1e-5 in size: the pixels are invisible).
+    init: str = "normal"
 
     def __post_init__(self):
         _check_choice("connector.padding_embed", self.padding_embed, PADDING_EMBED_KINDS)
+        _check_choice("connector.init", self.init, CONNECTOR_INITS)
         _check_choice("connector.pooling", self.pooling, POOLING_KINDS)
         _check_choice("connector.projector", self.projector, PROJECTOR_KINDS)
         if not self.vit_layers:
@@ -380,7 +386,7 @@ def demo() -> MolmoConfig:
     )
     return MolmoConfig(
         vision=vision,
-        connector=ConnectorConfig(vit_layers=(-1, -3), projector_hidden=llm.mlp_hidden),
+        connector=ConnectorConfig(vit_layers=(-1, -3), projector_hidden=llm.mlp_hidden, init="fan_in"),
         llm=llm,
     )
 

@@ -15,10 +15,12 @@ from molmo_jax.model.layers import Dense, attention_weights, param, shard, zeros
 class AttentionPool(nnx.Module):
     """Pools each window of patches to one vector: query = window mean, keys/values = the patches."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_heads: int, head_dim: int, *, rngs, param_dtype):
+    def __init__(
+        self, in_dim: int, out_dim: int, num_heads: int, head_dim: int, *, rngs, param_dtype, init=None
+    ):
         inner = num_heads * head_dim
         self.num_heads, self.head_dim = num_heads, head_dim
-        kw = dict(use_bias=True, rngs=rngs, param_dtype=param_dtype)
+        kw = dict(use_bias=True, rngs=rngs, param_dtype=param_dtype, init=init)
         self.wq = Dense(in_dim, inner, axes=("vit_features", "vit_heads"), **kw)
         self.wk = Dense(in_dim, inner, axes=("vit_features", "vit_heads"), **kw)
         self.wv = Dense(in_dim, inner, axes=("vit_features", "vit_heads"), **kw)
@@ -40,8 +42,8 @@ class AttentionPool(nnx.Module):
 class SwiGLUProjector(nnx.Module):
     """y = w2(silu(w1 x) * w3 x), no biases."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, *, rngs, param_dtype):
-        kw = dict(use_bias=False, rngs=rngs, param_dtype=param_dtype)
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, *, rngs, param_dtype, init=None):
+        kw = dict(use_bias=False, rngs=rngs, param_dtype=param_dtype, init=init)
         self.w1 = Dense(in_dim, hidden, axes=("vit_embed", "mlp"), **kw)
         self.w3 = Dense(in_dim, hidden, axes=("vit_embed", "mlp"), **kw)
         self.w2 = Dense(hidden, out_dim, axes=("mlp", "embed"), **kw)
@@ -77,11 +79,12 @@ class Connector(nnx.Module):
             self.pad_embed = param(rngs, zeros_init, (feat_dim,), ("vit_features",), param_dtype)
         else:
             self.pad_embed = None
+        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal") if con.init == "fan_in" else None
         self.image_pooling_2d = AttentionPool(
-            feat_dim, vis.width, vis.num_heads, vis.head_dim, rngs=rngs, param_dtype=param_dtype
+            feat_dim, vis.width, vis.num_heads, vis.head_dim, rngs=rngs, param_dtype=param_dtype, init=init
         )
         self.image_projector = SwiGLUProjector(
-            vis.width, con.projector_hidden, config.llm.d_model, rngs=rngs, param_dtype=param_dtype
+            vis.width, con.projector_hidden, config.llm.d_model, rngs=rngs, param_dtype=param_dtype, init=init
         )
 
     def add_padding_embeddings(self, features: jax.Array, image_masks: jax.Array) -> jax.Array:
