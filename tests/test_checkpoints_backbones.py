@@ -453,7 +453,9 @@ LLMS = {
 }
 
 
-@pytest.mark.parametrize("preset", sorted(LLMS))
+@pytest.mark.parametrize(
+    "preset", [pytest.param(p, marks=pytest.mark.slow) if p == "molmo_72b" else p for p in sorted(LLMS)]
+)
 def test_full_size_llm_parameter_counts(preset: str):
     llm = get_preset(preset).llm
     model = nnx.eval_shape(lambda: CausalLM(llm, rngs=nnx.Rngs(0)))

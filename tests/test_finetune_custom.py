@@ -63,6 +63,7 @@ def _batch_logits(graphdef, params, batch):
     return model(jnp.asarray(batch["input_ids"]), **{k: jnp.asarray(batch[k]) for k in keys}).logits
 
 
+@pytest.mark.slow  # an end-to-end fine-tune, export and merge (~25 s)
 def test_lora_finetune_lowers_loss_exports_and_merges(prepared, tmp_path):
     from molmo_jax.checkpoints.hf import load_pretrained
     from molmo_jax.data.pipeline import PipelineConfig, build_pipeline

@@ -97,6 +97,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
             weight_decay=0.0,
             max_grad_norm=1.0,
             final_lr_fraction=0.1,
+            # parameter path prefixes never updated: the original keeps the pretrained LLM's token
+            # embedding fixed (only its new rows train); a model trained from scratch sets ()
+            frozen=("llm.embedding",),
             lr=dict(recipe["lr"]),
             warmup=dict(recipe["warmup"]),
         )
@@ -200,6 +203,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         need(c.train[key] >= 0, f"train.{key}", "must be >= 0")
     need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
     need(0 <= c.optimizer.final_lr_fraction <= 1, "optimizer.final_lr_fraction", "must be in [0, 1]")
+    need(
+        all(isinstance(p, str) and p for p in c.optimizer.get("frozen", ())),
+        "optimizer.frozen",
+        "must be a list of parameter path prefixes such as 'llm.embedding'",
+    )
     for group in ("connector", "vit", "llm"):
         need(c.optimizer.lr.get(group, -1) >= 0, f"optimizer.lr.{group}", "must be a non-negative number")
         need(c.optimizer.warmup.get(group, -1) >= 0, f"optimizer.warmup.{group}", "must be >= 0")

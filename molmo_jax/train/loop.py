@@ -111,10 +111,16 @@ def adamw_settings(c: ml_collections.ConfigDict) -> dict:
     return {k: o[k] for k in keys}
 
 
+def frozen_prefixes(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return tuple(c.optimizer.get("frozen", ("llm.embedding",)))
+
+
 def optimizer_settings(c: ml_collections.ConfigDict) -> OptimizerSettings:
     o = c.optimizer
     groups = {g: GroupSettings(float(o.lr[g]), int(o.warmup[g])) for g in ("connector", "vit", "llm")}
-    return OptimizerSettings(groups=groups, total_steps=int(c.train.steps), **adamw_settings(c))
+    return OptimizerSettings(
+        groups=groups, total_steps=int(c.train.steps), frozen=frozen_prefixes(c), **adamw_settings(c)
+    )
 
 
 def init_params(c, model_cfg, mesh, abstract_params):
@@ -140,6 +146,7 @@ def jitted_step(c: ml_collections.ConfigDict, graphdef, tx, abstract_params, mes
         grad_accum_steps=c.train.grad_accum_steps,
         loss_budget=c.train.loss_budget or None,
         seed=int(c.seed),
+        frozen=frozen_prefixes(c),
         moe_load_balance_weight=float(c.train.moe_load_balance_weight),
         moe_router_z_weight=float(c.train.moe_router_z_weight),
     )
