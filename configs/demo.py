@@ -49,6 +49,7 @@ def _trainer(stage: str, tasks: list[str], steps: int, lr: float, warmup: int) -
     c.optimizer.lr = dict(connector=lr, vit=lr, llm=lr)
     c.optimizer.warmup = dict(connector=warmup, vit=warmup, llm=warmup)
     c.optimizer.final_lr_fraction = 0.05
+    c.optimizer.frozen = ()  # a model trained from scratch also trains its token embedding
     c.mesh.data = 1
     return c
 
@@ -66,6 +67,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
             train_clocks=24 if quick else 1500,
             val_scenes=11 if quick else 110,  # held out: another seed, 10 per object count 0..10
             val_clocks=8 if quick else 100,
+            point_queries=4,  # pointing rows per training scene (main query + 3 others), packed per image
             train_seed=0,
             val_seed=1,
         )
@@ -74,7 +76,13 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.stage1 = _trainer("stage1", ["pixmo_cap"], 6 if quick else 120, 1e-3, 20)
     c.stage2 = _trainer(
         "stage2",
-        ["pixmo_points", "pixmo_count_counting", "pixmo_clocks", "pixmo_ask_model_anything"],
+        [
+            "pixmo_points",
+            "pixmo_points_high_freq_counting",
+            "pixmo_count_counting",
+            "pixmo_clocks",
+            "pixmo_ask_model_anything",
+        ],
         6 if quick else 400,
         1e-3,
         30,

@@ -353,3 +353,25 @@ def test_bad_arguments() -> None:
         syn.write_synthetic("/nonexistent-never-created", 1, split="../x")
     with pytest.raises(ValueError, match="image counts"):
         syn.write_synthetic("/nonexistent-never-created", -1)
+    with pytest.raises(ValueError, match="point_queries"):
+        syn.write_synthetic("/nonexistent-never-created", 1, point_queries=0)
+
+
+def test_more_point_queries_per_scene(train_dir: Path, tmp_path: Path) -> None:
+    """point_queries=4: the default two rows come first and unchanged, then distinct present labels."""
+    syn.write_synthetic(tmp_path, N_SCENES, seed=3, image_size=SIZE, num_clocks=0, point_queries=4)
+    two, four = _read(train_dir, "pixmo_points"), _read(tmp_path, "pixmo_points")
+    by_image: dict[str, list[dict]] = {}
+    for r in four:
+        by_image.setdefault(r["image_sha256"], []).append(r)
+    assert len(by_image) == N_SCENES
+    assert sum(len(rows) for rows in by_image.values()) > 3 * N_SCENES  # most scenes have 2+ other labels
+    for i, rows in enumerate(by_image.values()):
+        _, scene = syn.synthetic_scene(3, i, image_size=SIZE)
+        assert [r["label"] for r in rows[:2]] == [r["label"] for r in two[2 * i : 2 * i + 2]]
+        labels = [r["label"] for r in rows]
+        assert 2 <= len(labels) <= 4 and len(set(labels)) == len(labels)
+        present = {syn.plural(o.kind) for o in scene.objects}
+        present |= {f"{o.colour} {syn.plural(o.kind)}" for o in scene.objects}
+        for r in rows[2:]:
+            assert r["label"] in present and r["count"] == len(r["points"]) >= 1

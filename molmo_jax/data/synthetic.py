@@ -1067,14 +1067,29 @@ def _points(objects: Sequence[ShapeObject]) -> list[dict[str, float]]:
     return [{"x": o.x, "y": o.y} for o in objects]
 
 
+def _point_queries(scene: ShapeScene, rng: np.random.Generator, n: int) -> list[Query]:
+    """The main query, a secondary one, then other labels present in the scene (n in all at most)."""
+    queries = [scene.target] + ([_secondary_query(scene, rng)] if n >= 2 else [])
+    if n > 2:
+        present = {Query(o.kind) for o in scene.objects} | {Query(o.kind, o.colour) for o in scene.objects}
+        rest = sorted(present - set(queries), key=lambda q: q.label)
+        queries += [rest[k] for k in rng.permutation(len(rest))[: n - 2]]
+    return queries
+
+
 def _scene_rows(
-    scene: ShapeScene, url: str, sha: str, rng: np.random.Generator, qa_per_image: int
+    scene: ShapeScene,
+    url: str,
+    sha: str,
+    rng: np.random.Generator,
+    qa_per_image: int,
+    point_queries: int = 2,
 ) -> dict[str, list[dict[str, Any]]]:
     """The rows of every dataset for one scene (pixmo_points_eval without its masks)."""
     ref = {"image_url": url, "image_sha256": sha}
     targets = scene.matching(scene.target)
     points_rows = []
-    for query in (scene.target, _secondary_query(scene, rng)):
+    for query in _point_queries(scene, rng, point_queries):
         matched = scene.matching(query)
         method = "pointing" if rng.random() < 0.5 else "counting"
         points_rows.append(
@@ -1216,20 +1231,25 @@ def write_synthetic(
     split: str = "train",
     num_clocks: int | None = None,
     qa_per_image: int = 2,
+    point_queries: int = 2,
     image_format: str = "png",
     eval_masks: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Render `num_images` shape scenes and `num_clocks` (default `num_images`) clocks of `image_size`
     pixels and write them with one parquet file per PixMo dataset (layout in the module docstring).
 
-    Per scene: one pixmo_cap row, two pixmo_points rows (the balanced main query and a second query
-    about the same image; collection_method ``"pointing"`` or ``"counting"`` at random), one
+    Per scene: one pixmo_cap row, `point_queries` pixmo_points rows (the balanced main query, a second
+    query about the same image, then other labels present in it, as long as there are any; each
+    row's collection_method ``"pointing"`` or ``"counting"`` at random; rows of one image are packed
+    into one training example, as PixMo-Points' are), one
     pixmo_count row (main query), `qa_per_image` pixmo_ask_model_anything rows and, with `eval_masks`
     (default: any split but ``"train"``), one pixmo_points_eval row; per clock: one pixmo_cap row and
     one pixmo_clocks row. A held-out set is the same call with another `split` name.
 
     Returns ``{dataset: {"path": parquet file, "rows": n}}`` plus ``"images": {"path": dir, "rows": n}``.
     """
+    if point_queries < 1:
+        raise ValueError(f"point_queries must be >= 1 (the main query), got {point_queries}")
     if num_images < 0 or (num_clocks is not None and num_clocks < 0):
         raise ValueError(f"image counts must be >= 0, got num_images={num_images}, num_clocks={num_clocks}")
     if not split or "/" in split or "\\" in split or split.startswith("."):
@@ -1246,7 +1266,7 @@ def write_synthetic(
         image, scene = synthetic_scene(seed, i, split=split, image_size=image_size)
         url, sha = _write_image(image, image_dir, f"shapes_{i:06d}", image_format)
         for name, new in _scene_rows(
-            scene, url, sha, example_rng(seed, split, "shape_text", i), qa_per_image
+            scene, url, sha, example_rng(seed, split, "shape_text", i), qa_per_image, point_queries
         ).items():
             rows[name].extend(new)
         if eval_masks:

@@ -98,7 +98,15 @@ def make_data(c: ml_collections.ConfigDict, folder: Path) -> dict:
         ("train", d.train_seed, d.train_scenes, d.train_clocks),
         ("validation", d.val_seed, d.val_scenes, d.val_clocks),
     ):
-        written = write_synthetic(raw, scenes, seed, image_size=d.image_size, split=split, num_clocks=clocks)
+        written = write_synthetic(
+            raw,
+            scenes,
+            seed,
+            image_size=d.image_size,
+            split=split,
+            num_clocks=clocks,
+            point_queries=d.get("point_queries", 2),
+        )
         rows[split] = {k: v["rows"] for k, v in written.items()}
     names = [*DATASETS, "pixmo_points_eval"]
     for name in names:
