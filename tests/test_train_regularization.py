@@ -70,6 +70,7 @@ def _forward_loss(config, params, batch, rng=None, **settings) -> dict:
     return dict(metrics, loss=loss)
 
 
+@pytest.mark.slow  # ~19 s: four compiled steps
 def test_dropout_changes_the_train_loss_deterministically_per_step():
     config = tiny()
     batch = _batch(config)

@@ -141,7 +141,7 @@ def _sharded_step(config, graphdef, params, tx, batch, mesh):
         pytest.param("qwen2", {"data": 8}, marks=pytest.mark.slow),
         pytest.param("qwen2", {"fsdp": 8}, marks=pytest.mark.slow),
         ("qwen2", {"data": 2, "fsdp": 2, "tensor": 2}),
-        ("olmoe", {"expert": 4, "data": 2}),
+        pytest.param("olmoe", {"expert": 4, "data": 2}, marks=pytest.mark.slow),
     ],
 )
 def test_sharded_step_equals_single_device(family, shape):
@@ -166,6 +166,7 @@ def test_sharded_step_equals_single_device(family, shape):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-6)
 
 
+@pytest.mark.slow  # ~17 s: two compiled steps of a full model
 def test_remat_gives_the_same_step():
     config = tiny()
     batch = _batch(config)
