@@ -97,6 +97,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.eval.sequence_length = c.stage2.data.sequence_length
     c.eval.overlap_margins = tuple(c.stage2.data.overlap_margins)
     c.eval.report_examples = 12
+    c.eval.heldout_loss_examples = 64  # per stage-2 task: answer loss with real and with blank images
     # What the demo must reach (issue targets) and by how much it must beat the blank-image control.
     c.targets = ml_collections.ConfigDict(
         dict(counting=0.80, pointing=0.70, clocks=0.60, margin_over_blank=0.30)

@@ -39,7 +39,15 @@ def test_summary_needs_target_and_margin_over_blank():
     lines = text.splitlines()
     assert lines[0].split() == ["score", "target", "trained", "blank", "margin", "result"]
     assert "MISS (margin < 0.30)" in lines[2] and lines[3].endswith("PASS")
-    assert "MISS (below target)" in lines[4] and "0.500" in lines[4]
+    assert "MISS (below target)" in lines[4] and "0.500" in lines[4] and len(lines) == 5
+    losses = {"pixmo_points": {"trained": 0.9, "blank": 1.2, "tokens": 10}}
+    lines = report.table({"scores": rows, "heldout_loss": losses}, _targets()).splitlines()
+    assert lines[6].startswith("held-out answer loss") and lines[7].split() == [
+        "pixmo_points",
+        "0.900",
+        "1.200",
+        "-0.300",
+    ]
 
 
 def test_phases_run_once_and_refuse_changed_settings(tmp_path):
@@ -104,6 +112,9 @@ def test_quick_demo_runs_every_phase_and_reuses_them(tmp_path):
         assert 0.0 <= row["trained"] <= 1.0 and 0.0 <= row["blank"] <= 1.0
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["scores"] == summary["scores"]
+    assert set(metrics["heldout_loss"]) == set(c.stage2.data.tasks)
+    for row in metrics["heldout_loss"].values():
+        assert row["trained"] > 0 and row["blank"] > 0 and row["tokens"] > 0
     example = json.loads((out / "example" / "example.json").read_text())
     assert example["prompt"].startswith("Point to the") and (out / "example" / "example.png").exists()
     assert any(line.startswith("score") for line in log) and any("phase times" in line for line in log)

@@ -54,6 +54,13 @@ def table(summary: Mapping[str, Any], targets: ml_collections.ConfigDict) -> str
             f"{row['label']:<34} {'>= ' + format(row['target'], '.2f'):>8} {row['trained']:>8.3f} "
             f"{row['blank']:>8.3f} {row['margin']:>+8.3f}  {ok}{' (' + ', '.join(why) + ')' if why else ''}"
         )
+    losses = summary.get("heldout_loss") or {}
+    if losses:
+        title = "held-out answer loss (lower: better)"
+        lines += ["", f"{title:<34} {'':>8} {'trained':>8} {'blank':>8} {'diff':>8}"]
+        for task, r in losses.items():
+            diff = r["trained"] - r["blank"]
+            lines.append(f"{task:<34} {'':>8} {r['trained']:>8.3f} {r['blank']:>8.3f} {diff:>+8.3f}")
     return "\n".join(lines)
 
 
@@ -90,7 +97,8 @@ def write_report(
     stages = {"stage 1 (captions)": stage1, "stage 2 (multitask)": stage2}
     summary = {
         "scores": summarize(evals, c.targets),
-        "metrics": evals,
+        "metrics": {k: v for k, v in evals.items() if k != "heldout_loss"},
+        "heldout_loss": evals.get("heldout_loss", {}),
         "loss": {k: [v["history"][0]["loss"], v["history"][-1]["loss"]] for k, v in stages.items()},
     }
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -107,6 +115,11 @@ def write_report(
         f"<td>{link('trained', r['task'])} / {link('blank', r['task'])}</td></tr>"
         for r in summary["scores"].values()
     )
+    loss_rows = "".join(
+        f"<tr><td>{html.escape(task)}</td><td><b>{r['trained']:.3f}</b></td><td>{r['blank']:.3f}</td>"
+        f"<td>{r['trained'] - r['blank']:+.3f}</td><td>{r['tokens']}</td></tr>"
+        for task, r in summary["heldout_loss"].items()
+    )
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>molmo-jax demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:100%}}</style></head><body>
@@ -119,6 +132,11 @@ lose its skill there).</p>
 <th>margin</th><th>result</th><th>examples</th></tr>{rows}</table>
 <p>Each score must reach its target and beat the blank control by at least
 {c.targets.margin_over_blank:.2f}.</p>
+<h2>Held-out answer loss</h2><p>Teacher-forced cross-entropy per answer token on held-out images,
+real and blanked: the sensitive form of the control (it drops as soon as the model reads anything
+from the pixels, long before the scores above move).</p>
+<table><tr><th>task</th><th>trained</th><th>blank images</th><th>difference</th><th>answer tokens</th></tr>
+{loss_rows}</table>
 <h2>Training loss</h2><img src='loss_curves.png' alt='loss curves'>
 <h2>Example</h2><div id='example'><p>See <a href='../example/example.json'>example.json</a> and
 <a href='../example/example.png'>example.png</a> (predicted points in red).</p>
