@@ -185,14 +185,14 @@ def heldout_losses(c: ml_collections.ConfigDict, model, processor, data_dir: str
     """Teacher-forced answer loss of each stage-2 task on held-out images, real and blanked."""
     from molmo_jax.eval.heldout_loss import heldout_loss
 
+    kw = dict(
+        batch_size=int(c.eval.batch_size),
+        sequence_length=int(c.stage2.data.sequence_length),
+        max_crops=int(c.stage2.data.max_crops) + 1,  # the training crop budget: tiles + global view
+        max_examples=int(c.eval.heldout_loss_examples),
+    )
     out = {}
     for task in c.stage2.data.tasks:
-        kw = dict(
-            batch_size=int(c.eval.batch_size),
-            sequence_length=int(c.stage2.data.sequence_length),
-            max_crops=int(c.stage2.data.max_crops) + 1,
-            max_examples=int(c.eval.heldout_loss_examples),
-        )
         real = heldout_loss(model, processor, data_dir, task, **kw)
         blank = heldout_loss(model, processor, data_dir, task, blank_images=True, **kw)
         out[task] = {"trained": real["loss"], "blank": blank["loss"], "tokens": real["tokens"]}
