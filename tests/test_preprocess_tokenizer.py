@@ -42,8 +42,13 @@ def _load(name: str, pad_to: int | None) -> MolmoTokenizer:
 def test_special_token_ids_follow_the_readme(name, pad_to, first_id, eos, base_len):
     tok = _load(name, pad_to)
     assert [tok.image_token_ids[t] for t in IMAGE_TOKENS] == list(range(first_id, first_id + 5))
-    assert (tok.image_start_id, tok.image_end_id, tok.image_patch_id, tok.image_col_id,
-            tok.image_placeholder_id) == tuple(range(first_id, first_id + 5))
+    assert (
+        tok.image_start_id,
+        tok.image_end_id,
+        tok.image_patch_id,
+        tok.image_col_id,
+        tok.image_placeholder_id,
+    ) == tuple(range(first_id, first_id + 5))
     assert tok.eos_id == eos and tok.bos_id == eos
     assert tok.vocab_size == first_id + 5
     unpadded = MolmoTokenizer.from_pretrained(require_golden("tokenizers", name))
@@ -158,9 +163,17 @@ def spm_model(tmp_path_factory):
     words = ["red", "green", "blue", "circle", "square", "clock", "points", "there", "are", "three", "two"]
     lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(200)]
     (folder / "corpus.txt").write_text("\n".join(lines))
-    spm.SentencePieceTrainer.train(input=str(folder / "corpus.txt"), model_prefix=str(folder / "tiny"),
-                                   vocab_size=48, model_type="bpe", bos_id=-1, eos_id=2, unk_id=0, pad_id=1,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "tiny"),
+        vocab_size=48,
+        model_type="bpe",
+        bos_id=-1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=1,
+        minloglevel=2,
+    )
     return folder / "tiny.model"
 
 
@@ -189,10 +202,45 @@ def test_sentencepiece_model_with_its_own_image_tokens(tmp_path):
     import sentencepiece as spm
 
     (tmp_path / "c.txt").write_text("\n".join(["a b c d e f g h"] * 50))
-    spm.SentencePieceTrainer.train(input=str(tmp_path / "c.txt"), model_prefix=str(tmp_path / "m"),
-                                   vocab_size=18, user_defined_symbols=list(IMAGE_TOKENS), minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "c.txt"),
+        model_prefix=str(tmp_path / "m"),
+        vocab_size=18,
+        user_defined_symbols=list(IMAGE_TOKENS),
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
     tok = MolmoTokenizer.from_file(tmp_path / "m.model", pad_to=1000)  # the model's ids win
     assert tok.image_token_ids == {t: sp.piece_to_id(t) for t in IMAGE_TOKENS}
     assert tok.bos_id == sp.bos_id() and tok.eos_id == sp.eos_id()
     assert tok.image_placeholder_id in tok.encode("a <|image|> b")
+
+
+def test_trained_bpe_pre_tokenizers(tmp_path):
+    """`train_bpe_tokenizer(pre_tokenizer="qwen2")` splits text exactly as the released Qwen2
+    tokenizer does (one token per digit); "gpt2" merges digits into multi-digit tokens."""
+    from tokenizers import Tokenizer
+
+    from molmo_jax.preprocess.tokenizer import train_bpe_tokenizer
+
+    texts = [
+        f'<point x="{x}.5" y="{y}.0" alt="cat">cat</point> at 10:{y:02d}' for x in range(100) for y in (7, 42)
+    ]
+    words = {}
+    for pre in ("gpt2", "qwen2"):
+        folder = train_bpe_tokenizer(texts * 3, tmp_path / pre, 400, pre_tokenizer=pre)
+        tok = MolmoTokenizer.from_pretrained(folder)
+        ids = tok.encode('x="63.5" 10:42')
+        assert tok.decode(ids) == 'x="63.5" 10:42'
+        words[pre] = [tok.decode([i]) for i in ids]
+        trained = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        if pre == "qwen2":
+            path = require_golden("tokenizers", "Qwen2-7B") / "tokenizer.json.gz"
+            qwen2 = Tokenizer.from_str(gzip.decompress(path.read_bytes()).decode())
+            split = trained.pre_tokenizer.pre_tokenize_str(TEXT)
+            assert split == qwen2.pre_tokenizer.pre_tokenize_str(TEXT)
+    assert "6" in words["qwen2"] and "3" in words["qwen2"] and "63" not in words["qwen2"]
+    assert not any(w.isdigit() and len(w) > 1 for w in words["qwen2"])
+    assert any(w.strip().isdigit() and len(w.strip()) > 1 for w in words["gpt2"])
+    with pytest.raises(ValueError, match="pre_tokenizer"):
+        train_bpe_tokenizer(texts, tmp_path / "bad", 400, pre_tokenizer="llama")

@@ -146,7 +146,12 @@ def make_tokenizer(c: ml_collections.ConfigDict, data_dir: str, folder: Path) ->
 
     tasks = list(dict.fromkeys([*c.stage1.data.tasks, *c.stage2.data.tasks]))
     texts = training_texts(data_dir, tasks, c.data.image_size)
-    out = train_bpe_tokenizer(texts, folder / "tokenizer", c.tokenizer.vocab_size)
+    out = train_bpe_tokenizer(
+        texts,
+        folder / "tokenizer",
+        c.tokenizer.vocab_size,
+        pre_tokenizer=c.tokenizer.get("pre_tokenizer", "gpt2"),
+    )
     tok = MolmoTokenizer.from_pretrained(out)
     return {"tokenizer": str(out), "vocab_size": int(tok.image_start_id)}
 

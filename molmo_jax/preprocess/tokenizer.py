@@ -411,16 +411,41 @@ def find_tokenizer_file(folder: Path) -> Path:
     raise TokenizerError(f"{folder}: no tokenizer.json(.gz) or SentencePiece .model file")
 
 
+# Qwen2's pre-tokenizer split (its released tokenizer.json): every digit is a token of its own.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 def train_bpe_tokenizer(
-    texts: Iterable[str], folder: str | os.PathLike, vocab_size: int, eos_token: str = "<|endoftext|>"
+    texts: Iterable[str],
+    folder: str | os.PathLike,
+    vocab_size: int,
+    eos_token: str = "<|endoftext|>",
+    pre_tokenizer: str = "gpt2",
 ) -> Path:
     """Train a byte-level BPE on `texts` (the `tokenizers` library) and save it to `folder` with its
     EOS token, in the layout `MolmoTokenizer.from_pretrained` reads. For models trained from scratch
-    (the demo); released checkpoints bring their own tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    (the demo); released checkpoints bring their own tokenizer.
+
+    `pre_tokenizer`: "gpt2" (byte-level regex: numbers merge into multi-digit tokens) or "qwen2"
+    (Qwen2's split: one token per digit, so "12.5" is four tokens and every coordinate, count and
+    time is spelled with the same ten digit tokens)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre_tokenizer == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif pre_tokenizer == "qwen2":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        raise ValueError(f"pre_tokenizer={pre_tokenizer!r}; choose 'gpt2' or 'qwen2'")
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
