@@ -46,7 +46,10 @@ def _projected(model: Molmo, images: jnp.ndarray, masks: jnp.ndarray) -> jnp.nda
     return model.encode_images(images, masks)[0]
 
 
-def features(model, processor, seed: int, split: str, n: int, size: int, pixels: bool):
+def features(
+    model: Molmo, processor: MolmoProcessor, seed: int, split: str, n: int, size: int, pixels: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and count targets of scenes 0..n-1 of one split."""
     xs, ys = [], []
     for i in range(n):
         image, scene = synthetic_scene(seed, i, split=split, image_size=size)
@@ -62,7 +65,9 @@ def features(model, processor, seed: int, split: str, n: int, size: int, pixels:
     return np.stack(xs), np.asarray(ys, np.float64)
 
 
-def ridge_r2(x_train, y_train, x_test, y_test, lam: float) -> np.ndarray:
+def ridge_r2(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, lam: float
+) -> np.ndarray:
     """Held-out R^2 per target of a ridge regression on standardised features."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     a, b = (x_train - mu) / sd, (x_test - mu) / sd
