@@ -21,23 +21,22 @@ from flax import nnx
 from PIL import Image
 
 from molmo_jax.checkpoints.hf import load_pretrained
-from molmo_jax.data.synthetic import KINDS, SHAPE_COLOURS, ShapeScene, synthetic_scene
+from molmo_jax.data.synthetic import KINDS, REGIONS, SHAPE_COLOURS, ShapeScene, region_of, synthetic_scene
 from molmo_jax.model.molmo import Molmo
 from molmo_jax.preprocess.processor import MolmoProcessor
 
-TARGETS = ["all", *(f"colour {c}" for c in SHAPE_COLOURS), *(f"kind {k}" for k in KINDS)]
-TARGETS += [f"region {r}" for r in range(9)]
+CELLS = [name for row in REGIONS for name in row]  # the captions' 3x3 grid, row-major
 
 
 def scene_counts(scene: ShapeScene, size: int) -> list[int]:
     """Objects in all, per colour, per kind and per cell of a 3x3 grid (row-major)."""
     objs = scene.objects
-    cells = [min(2, int(3 * o.y / size)) * 3 + min(2, int(3 * o.x / size)) for o in objs]
+    cells = [region_of(o.x, o.y, size) for o in objs]
     return [
         len(objs),
         *(sum(o.colour == c for o in objs) for c in SHAPE_COLOURS),
         *(sum(o.kind == k for o in objs) for k in KINDS),
-        *(cells.count(r) for r in range(9)),
+        *(cells.count(name) for name in CELLS),
     ]
 
 
@@ -100,7 +99,9 @@ def main() -> None:
         f"{args.init} features {x_tr.shape[1]}-d, {len(x_tr)} + {len(x_te)} scenes, "
         f"{time.perf_counter() - start:.0f} s; held-out R^2 (lambda {args.lam:g}):"
     )
-    groups = {"all objects": r2[:1], "per colour": r2[1:10], "per kind": r2[10:17], "per region": r2[17:]}
+    sizes = {"all objects": 1, "per colour": len(SHAPE_COLOURS), "per kind": len(KINDS)}
+    sizes["per region"] = len(CELLS)
+    groups = dict(zip(sizes, np.split(r2, np.cumsum(list(sizes.values()))[:-1])))
     for name, values in groups.items():
         print(f"  {name:12s} {values.mean():6.2f}")
 
