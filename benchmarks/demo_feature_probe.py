@@ -13,6 +13,7 @@ architecture at its random initialisation, ``--init pixels`` a 28x28 RGB thumbna
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from PIL import Image
 
 from molmo_jax.checkpoints.hf import load_pretrained
 from molmo_jax.data.synthetic import KINDS, REGIONS, SHAPE_COLOURS, ShapeScene, region_of, synthetic_scene
+from molmo_jax.model.config import get_preset
 from molmo_jax.model.molmo import Molmo
 from molmo_jax.preprocess.processor import MolmoProcessor
 
@@ -88,8 +90,9 @@ def main() -> None:
 
     processor = MolmoProcessor.from_pretrained(args.checkpoint, max_crops=4, overlap_margins=(2, 2))
     model = load_pretrained(args.checkpoint, jnp.float32)
-    if args.init == "random":
-        model = Molmo(model.config, rngs=nnx.Rngs(0))
+    if args.init == "random":  # as the demo starts: the HF config does not record the connector's init
+        connector = dataclasses.replace(model.config.connector, init=get_preset("demo").connector.init)
+        model = Molmo(model.config.replace(connector=connector), rngs=nnx.Rngs(0))
     start = time.perf_counter()
     pixels = args.init == "pixels"
     x_tr, y_tr = features(model, processor, 0, "train", args.train, args.image_size, pixels)
