@@ -1,0 +1,165 @@
+"""Where a demo checkpoint's answer tokens look: how much of their attention goes to image tokens,
+and how concentrated it is there.
+
+For held-out examples of one task it runs the teacher-forced forward pass and, for every LLM layer
+and query head, averages over the answer tokens (those with loss weight): the attention mass on
+image tokens, the entropy of the attention restricted to image tokens divided by log(image tokens)
+(1.0: spread evenly over the whole image; a model that looks at one object of ten is near
+log(10)/log(89) = 0.51 at the demo's 89 image tokens) and the largest image token's share as a
+multiple of the even share. For tasks whose answers are points (pixmo_points, the counting tasks)
+it also gives the lift on target cells: of the attention on the global view's tokens (a 5x5 grid over
+the whole square image at the demo's sizes), the share on cells that hold an asked-for object's
+centre, divided by those cells' share of the grid (1.0: no preference for the asked-for objects).
+The same with every image blanked is the reference.
+
+    python benchmarks/demo_attention_probe.py demo_out/stage2/run/hf \
+        [--data-dir demo_out/data/prepared] [--task pixmo_points] [--examples 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from molmo_jax.checkpoints.hf import load_pretrained
+from molmo_jax.data import prepare
+from molmo_jax.data.pipeline import IMAGE_KEYS, fit_batch, resolve_task
+from molmo_jax.eval.evaluate import blank_like
+from molmo_jax.model import llm
+from molmo_jax.preprocess.image import load_image
+from molmo_jax.preprocess.processor import MolmoProcessor
+
+
+class AttentionRecorder:
+    """Wraps ``llm.Attention.__call__`` and keeps each call's probabilities ``[B, heads, T, S]``,
+    recomputed from the same inputs (eager forward passes only)."""
+
+    def __init__(self):
+        self.probs: list[np.ndarray] = []
+        self._call = llm.Attention.__call__
+
+    def __enter__(self):
+        call, probs = self._call, self.probs
+
+        def recording(module, x, sin, cos, bias, cache=None, cache_index=None):
+            q = llm.apply_rope(module._project(x, module.q, module.q_bias, module.q_norm), sin, cos)
+            k = llm.apply_rope(module._project(x, module.k, module.k_bias, module.k_norm), sin, cos)
+            group = q.shape[2] // k.shape[2]
+            k = jnp.repeat(k, group, axis=2)  # query head i reads kv head i // group
+            scores = jnp.einsum("BTNH,BSNH->BNTS", q, k) / math.sqrt(q.shape[-1])
+            probs.append(np.asarray(jax.nn.softmax(scores + bias[:, None], axis=-1)))
+            return call(module, x, sin, cos, bias, cache, cache_index)
+
+        llm.Attention.__call__ = recording
+        return self
+
+    def __exit__(self, *exc):
+        llm.Attention.__call__ = self._call
+
+
+def batch_of(
+    processor: MolmoProcessor, data_dir: str, task: str, n: int, blank: bool
+) -> tuple[dict, list[np.ndarray | None]]:
+    """The first `n` held-out examples as one batch, and each one's answer points as fractions of
+    the image's width and height (None for answers without points)."""
+    resolved = resolve_task(task, data_dir)
+    source = prepare.open_prepared(data_dir, resolved.prepared, "validation")
+    examples, points = [], []
+    for i in range(min(n, len(source))):
+        rng = np.random.RandomState(i)
+        example = resolved(source[i], rng)
+        image = load_image(example["image"])
+        if blank:
+            example = dict(example, image=blank_like(image))
+        examples.append(processor.process_example(example, for_inference=False, rng=rng))
+        pts = example.get("points")
+        size = np.array([image.shape[1], image.shape[0]], np.float64)
+        points.append(None if pts is None else np.asarray(pts, np.float64).reshape(-1, 2) / size)
+    cfg = processor.image_config
+    length = max(len(e["input_ids"]) for e in examples)
+    crops = max(len(e["images"]) for e in examples)
+    shape = (length, crops, cfg.patches_per_crop, cfg.patch_dim, cfg.tokens_per_crop)
+    return fit_batch(examples, len(examples), shape), points
+
+
+def target_cells(batch: dict, points: list[np.ndarray | None]) -> np.ndarray:
+    """[B, S] True at the global view's tokens (crop 0, a row-major grid over the whole image: the
+    synthetic images are square, so it has no padding) whose cell holds an answer point; rows
+    without points stay False."""
+    grid = int(round(math.sqrt(batch["image_input_idx"].shape[-1])))
+    out = np.zeros(batch["input_ids"].shape, bool)
+    for i, pts in enumerate(points):
+        if pts is None or len(pts) == 0:
+            continue
+        cells = np.clip((pts * grid).astype(int), 0, grid - 1)  # (x, y) -> (col, row)
+        out[i, batch["image_input_idx"][i, 0, cells[:, 1] * grid + cells[:, 0]]] = True
+    return out
+
+
+def attention_summary(model, batch: dict, targets: np.ndarray) -> list[list[tuple[float, ...]]]:
+    """Per layer, per head: (image mass, normalised entropy over image tokens, max / even share,
+    lift on target cells; nan without targets)."""
+    answer = batch["loss_masks"] > 0
+    image = np.zeros(answer.shape, bool)
+    for i, idx in enumerate(batch["image_input_idx"].reshape(len(answer), -1)):
+        image[i, idx[idx >= 0]] = True
+    n_image = image.sum(1, keepdims=True)  # [B, 1]
+    glob = np.zeros(answer.shape, bool)
+    for i, idx in enumerate(batch["image_input_idx"][:, 0]):
+        glob[i, idx[idx >= 0]] = True
+    has_targets = targets.any(1)
+    target_share = targets.sum(1, keepdims=True) / glob.sum(1, keepdims=True)  # [B, 1]
+    kwargs = {k: jnp.asarray(batch[k]) for k in (*IMAGE_KEYS, "position_ids")}
+    with AttentionRecorder() as rec:
+        model(jnp.asarray(batch["input_ids"]), **kwargs)
+    out = []
+    for probs in rec.probs:
+        heads = []
+        for h in range(probs.shape[1]):
+            p = probs[:, h] * image[:, None, :]  # [B, T, S], image keys only
+            mass = p.sum(-1)
+            q = p / np.maximum(mass[..., None], 1e-12)
+            entropy = -(q * np.log(np.maximum(q, 1e-12))).sum(-1) / np.log(n_image)
+            peak = q.max(-1) * n_image
+            g = p * glob[:, None, :]
+            lift = (
+                (g * targets[:, None, :]).sum(-1)
+                / np.maximum(g.sum(-1), 1e-12)
+                / np.maximum(target_share, 1e-12)
+            )
+            scored = answer & has_targets[:, None]
+            stats = [float(v[answer].mean()) for v in (mass, entropy, peak)]
+            heads.append((*stats, float(lift[scored].mean()) if scored.any() else float("nan")))
+        out.append(heads)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", help="a demo HF export")
+    ap.add_argument("--data-dir", default="demo_out/data/prepared", help="the demo's prepared data")
+    ap.add_argument("--task", default="pixmo_points")
+    ap.add_argument("--examples", type=int, default=16, help="held-out examples (validation split)")
+    args = ap.parse_args()
+    processor = MolmoProcessor.from_pretrained(args.checkpoint)
+    model = load_pretrained(args.checkpoint)
+    print(f"{args.task}: {args.examples} held-out examples, answer tokens' attention")
+    print(f"{'':14}{'image mass':>22}{'entropy / log(n)':>22}{'max / even share':>22}{'target lift':>22}")
+    print(f"{'layer head':14}" + f"{'real':>12}{'blank':>10}" * 4)
+    summaries = []
+    for blank in (False, True):
+        batch, points = batch_of(processor, args.data_dir, args.task, args.examples, blank)
+        summaries.append(attention_summary(model, batch, target_cells(batch, points)))
+    real, blank = summaries
+    for layer, (r_heads, b_heads) in enumerate(zip(real, blank, strict=True)):
+        for head, (r, b) in enumerate(zip(r_heads, b_heads, strict=True)):
+            cells = "".join(f"{r[j]:12.3f}{b[j]:10.3f}" for j in range(4))
+            print(f"{layer:5d} {head:4d}   {cells}")
+
+
+if __name__ == "__main__":
+    main()
