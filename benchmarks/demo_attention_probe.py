@@ -6,14 +6,14 @@ and query head, averages over the answer tokens (those with loss weight): the at
 image tokens, the entropy of the attention restricted to image tokens divided by log(image tokens)
 (1.0: spread evenly over the whole image; a model that looks at one object of ten is near
 log(10)/log(89) = 0.51 at the demo's 89 image tokens) and the largest image token's share as a
-multiple of the even share. For tasks whose answers are points (pixmo_points, the counting tasks)
-it also gives the lift on target cells: of the attention on the global view's tokens (a 5x5 grid over
-the whole square image at the demo's sizes), the share on cells that hold an asked-for object's
-centre, divided by those cells' share of the grid (1.0: no preference for the asked-for objects).
-The same with every image blanked is the reference.
+multiple of the even share. On ``pixmo_points_eval`` (held-out scenes with a mask per asked-for
+object) it also gives the lift on the objects: the share of the image attention that lands on tokens
+whose pixels (in any crop, cut exactly as the image is) touch an asked-for object, divided by those
+tokens' share of all image tokens (1.0: no preference for the asked-for objects). The same with
+every image blanked is the reference.
 
     python benchmarks/demo_attention_probe.py demo_out/stage2/run/hf \
-        [--data-dir demo_out/data/prepared] [--task pixmo_points] [--examples 16]
+        [--data-dir demo_out/data/prepared] [--task pixmo_points_eval] [--examples 16]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from molmo_jax.data import prepare
 from molmo_jax.data.pipeline import IMAGE_KEYS, fit_batch, resolve_task
 from molmo_jax.eval.evaluate import blank_like
 from molmo_jax.model import llm
-from molmo_jax.preprocess.image import load_image
+from molmo_jax.preprocess.image import image_to_inputs, normalize_pixels
 from molmo_jax.preprocess.processor import MolmoProcessor
 
 
@@ -64,55 +64,57 @@ class AttentionRecorder:
 def batch_of(
     processor: MolmoProcessor, data_dir: str, task: str, n: int, blank: bool
 ) -> tuple[dict, list[np.ndarray | None]]:
-    """The first `n` held-out examples as one batch, and each one's answer points as fractions of
-    the image's width and height (None for answers without points)."""
+    """The first `n` held-out examples as one batch, and each one's asked-for objects as one
+    ``[H, W]`` mask (None where there is none)."""
     resolved = resolve_task(task, data_dir)
     source = prepare.open_prepared(data_dir, resolved.prepared, "validation")
-    examples, points = [], []
+    examples, masks = [], []
     for i in range(min(n, len(source))):
         rng = np.random.RandomState(i)
         example = resolved(source[i], rng)
-        image = load_image(example["image"])
+        object_masks = example.get("metadata", {}).get("masks")
+        # None also for scenes without an asked-for object (their answer has no points)
+        masks.append(np.asarray(object_masks, bool).any(0) if object_masks else None)
         if blank:
-            example = dict(example, image=blank_like(image))
+            example = dict(example, image=blank_like(example["image"]))
         examples.append(processor.process_example(example, for_inference=False, rng=rng))
-        pts = example.get("points")
-        size = np.array([image.shape[1], image.shape[0]], np.float64)
-        points.append(None if pts is None else np.asarray(pts, np.float64).reshape(-1, 2) / size)
     cfg = processor.image_config
     length = max(len(e["input_ids"]) for e in examples)
     crops = max(len(e["images"]) for e in examples)
     shape = (length, crops, cfg.patches_per_crop, cfg.patch_dim, cfg.tokens_per_crop)
-    return fit_batch(examples, len(examples), shape), points
+    return fit_batch(examples, len(examples), shape), masks
 
 
-def target_cells(batch: dict, points: list[np.ndarray | None]) -> np.ndarray:
-    """[B, S] True at the global view's tokens (crop 0, a row-major grid over the whole image: the
-    synthetic images are square, so it has no padding) whose cell holds an answer point; rows
-    without points stay False."""
-    grid = int(round(math.sqrt(batch["image_input_idx"].shape[-1])))
+def target_tokens(batch: dict, masks: list[np.ndarray | None], processor: MolmoProcessor) -> np.ndarray:
+    """[B, S] True at image tokens whose pooled patches touch the example's mask: the mask goes
+    through the same crops as its image (white on black), so every crop's tokens are placed exactly."""
+    cfg = processor.image_config
+    half = normalize_pixels(np.full((1, 1, 3), 0.5, np.float32), cfg)[0, 0]  # mid-grey, normalised
+    side, pool = cfg.patches_per_side, int(round(math.sqrt(cfg.patches_per_crop // cfg.tokens_per_crop)))
     out = np.zeros(batch["input_ids"].shape, bool)
-    for i, pts in enumerate(points):
-        if pts is None or len(pts) == 0:
+    for i, mask in enumerate(masks):
+        if mask is None:
             continue
-        cells = np.clip((pts * grid).astype(int), 0, grid - 1)  # (x, y) -> (col, row)
-        out[i, batch["image_input_idx"][i, 0, cells[:, 1] * grid + cells[:, 0]]] = True
+        rgb = np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=-1)
+        crops = image_to_inputs(rgb, cfg, processor.image_token_ids).crops  # [C, P, D], normalised
+        bright = crops.reshape(len(crops), cfg.patches_per_crop, -1, 3) > half
+        touched = bright.any(axis=(2, 3)).reshape(len(crops), side // pool, pool, side // pool, pool)
+        touched = touched.any(axis=(2, 4)).reshape(len(crops), -1)  # [C, tokens per crop]
+        idx = batch["image_input_idx"][i, : len(crops)]
+        out[i, idx[touched & (idx >= 0)]] = True
     return out
 
 
 def attention_summary(model, batch: dict, targets: np.ndarray) -> list[list[tuple[float, ...]]]:
     """Per layer, per head: (image mass, normalised entropy over image tokens, max / even share,
-    lift on target cells; nan without targets)."""
+    lift on the target tokens; nan without targets)."""
     answer = batch["loss_masks"] > 0
     image = np.zeros(answer.shape, bool)
     for i, idx in enumerate(batch["image_input_idx"].reshape(len(answer), -1)):
         image[i, idx[idx >= 0]] = True
     n_image = image.sum(1, keepdims=True)  # [B, 1]
-    glob = np.zeros(answer.shape, bool)
-    for i, idx in enumerate(batch["image_input_idx"][:, 0]):
-        glob[i, idx[idx >= 0]] = True
     has_targets = targets.any(1)
-    target_share = targets.sum(1, keepdims=True) / glob.sum(1, keepdims=True)  # [B, 1]
+    target_share = targets.sum(1, keepdims=True) / n_image  # [B, 1]
     kwargs = {k: jnp.asarray(batch[k]) for k in (*IMAGE_KEYS, "position_ids")}
     with AttentionRecorder() as rec:
         model(jnp.asarray(batch["input_ids"]), **kwargs)
@@ -125,12 +127,7 @@ def attention_summary(model, batch: dict, targets: np.ndarray) -> list[list[tupl
             q = p / np.maximum(mass[..., None], 1e-12)
             entropy = -(q * np.log(np.maximum(q, 1e-12))).sum(-1) / np.log(n_image)
             peak = q.max(-1) * n_image
-            g = p * glob[:, None, :]
-            lift = (
-                (g * targets[:, None, :]).sum(-1)
-                / np.maximum(g.sum(-1), 1e-12)
-                / np.maximum(target_share, 1e-12)
-            )
+            lift = (q * targets[:, None, :]).sum(-1) / np.maximum(target_share, 1e-12)
             scored = answer & has_targets[:, None]
             stats = [float(v[answer].mean()) for v in (mass, entropy, peak)]
             heads.append((*stats, float(lift[scored].mean()) if scored.any() else float("nan")))
@@ -142,18 +139,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", help="a demo HF export")
     ap.add_argument("--data-dir", default="demo_out/data/prepared", help="the demo's prepared data")
-    ap.add_argument("--task", default="pixmo_points")
+    ap.add_argument("--task", default="pixmo_points_eval", help="lift needs masks: pixmo_points_eval")
     ap.add_argument("--examples", type=int, default=16, help="held-out examples (validation split)")
     args = ap.parse_args()
     processor = MolmoProcessor.from_pretrained(args.checkpoint)
     model = load_pretrained(args.checkpoint)
     print(f"{args.task}: {args.examples} held-out examples, answer tokens' attention")
-    print(f"{'':14}{'image mass':>22}{'entropy / log(n)':>22}{'max / even share':>22}{'target lift':>22}")
+    print(f"{'':14}{'image mass':>22}{'entropy / log(n)':>22}{'max / even share':>22}{'object lift':>22}")
     print(f"{'layer head':14}" + f"{'real':>12}{'blank':>10}" * 4)
     summaries = []
     for blank in (False, True):
-        batch, points = batch_of(processor, args.data_dir, args.task, args.examples, blank)
-        summaries.append(attention_summary(model, batch, target_cells(batch, points)))
+        batch, masks = batch_of(processor, args.data_dir, args.task, args.examples, blank)
+        summaries.append(attention_summary(model, batch, target_tokens(batch, masks, processor)))
     real, blank = summaries
     for layer, (r_heads, b_heads) in enumerate(zip(real, blank, strict=True)):
         for head, (r, b) in enumerate(zip(r_heads, b_heads, strict=True)):

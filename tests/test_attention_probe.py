@@ -40,13 +40,28 @@ def test_recorded_probabilities_are_the_layers():
     np.testing.assert_allclose(np.asarray(out), np.asarray(plain), rtol=2e-4, atol=2e-5)
 
 
-def test_target_cells_are_the_global_views_grid_cells_under_the_points():
-    from benchmarks.demo_attention_probe import target_cells
+def test_target_tokens_follow_the_mask_through_every_crop(tmp_path):
+    from benchmarks.demo_attention_probe import target_tokens
+    from molmo_jax.preprocess import MolmoProcessor, MolmoTokenizer
+    from molmo_jax.preprocess.image import ImagePreprocessConfig
+    from tests.helpers import train_bpe_tokenizer
 
-    idx = np.full((2, 3, 4), -100, np.int32)  # 2 examples, 3 crops, a 2x2 grid per crop
-    idx[:, 0] = [[5, 6, 8, 9], [2, 3, 5, 6]]  # global view tokens (row-major) at these positions
-    batch = {"input_ids": np.zeros((2, 12), np.int64), "image_input_idx": idx}
-    points = [np.array([[0.9, 0.1], [0.2, 0.7]]), None]  # (x, y): top right, bottom left
-    cells = target_cells(batch, points)
-    assert np.flatnonzero(cells[0]).tolist() == [6, 8]
-    assert not cells[1].any()
+    tokenizer = MolmoTokenizer.from_pretrained(train_bpe_tokenizer(tmp_path))
+    image = ImagePreprocessConfig(crop_size=140, overlap_margins=(2, 2), max_crops=4)  # the demo's
+    proc = MolmoProcessor(tokenizer, image)
+    out = proc(images=np.zeros((224, 224, 3), np.uint8), text="?")
+    batch = {"input_ids": out["input_ids"][None], "image_input_idx": out["image_input_idx"][None]}
+    idx = out["image_input_idx"]  # [5 crops, 25]: the global view, then 2x2 tiles, 5x5 tokens each
+    corner = np.zeros((224, 224), bool)
+    corner[:20, :20] = True  # inside the top-left global cell and the first tile's first token
+    far = np.zeros((224, 224), bool)
+    far[-20:, -20:] = True
+    marked = target_tokens(batch, [corner], proc)[0]
+    assert set(np.flatnonzero(marked)) == {idx[0, 0], idx[1, 0]}
+    marked = target_tokens(batch, [far], proc)[0]
+    assert set(np.flatnonzero(marked)) == {idx[0, 24], idx[4, 24]}
+    top_right = np.zeros((224, 224), bool)
+    top_right[:20, -20:] = True  # the global row 0, column 4; the second (top-right) tile
+    marked = target_tokens(batch, [top_right], proc)[0]
+    assert set(np.flatnonzero(marked)) == {idx[0, 4], idx[2, 4]}
+    assert not target_tokens(batch, [None], proc).any()
