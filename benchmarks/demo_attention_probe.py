@@ -4,7 +4,7 @@ and how concentrated it is there.
 For held-out examples of one task it runs the teacher-forced forward pass and, for every LLM layer
 and query head, averages over the answer tokens (those with loss weight): the attention mass on
 image tokens, the entropy of the attention restricted to image tokens divided by log(image tokens)
-(1.0: spread evenly over the whole image; a model that looks at one object of ten is near
+(1.0: spread evenly over the whole image; spread evenly over ten tokens it would be
 log(10)/log(89) = 0.51 at the demo's 89 image tokens) and the largest image token's share as a
 multiple of the even share. On ``pixmo_points_eval`` (held-out scenes with a mask per asked-for
 object) it also gives the lift on the objects: the share of the image attention that lands on tokens
@@ -36,7 +36,7 @@ from molmo_jax.preprocess.processor import MolmoProcessor
 
 class AttentionRecorder:
     """Wraps ``llm.Attention.__call__`` and keeps each call's probabilities ``[B, heads, T, S]``,
-    recomputed from the same inputs (eager forward passes only)."""
+    recomputed from the same inputs (eager, teacher-forced passes without a KV cache only)."""
 
     def __init__(self):
         self.probs: list[np.ndarray] = []

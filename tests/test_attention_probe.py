@@ -1,5 +1,6 @@
-"""`benchmarks/demo_attention_probe.py` recomputes each attention call's probabilities: they must be
-the ones the layer uses, and recording must not change the forward pass."""
+"""`benchmarks/demo_attention_probe.py`: the attention probabilities it recomputes must be the ones
+the layer uses (and recording must not change the forward pass), and an object mask must mark the
+image tokens of every crop that see the object."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from helpers import train_bpe_tokenizer
 
-from benchmarks.demo_attention_probe import AttentionRecorder
+from benchmarks.demo_attention_probe import AttentionRecorder, target_tokens
 from molmo_jax.model import llm
 from molmo_jax.model.config import get_preset
+from molmo_jax.preprocess import MolmoProcessor, MolmoTokenizer
+from molmo_jax.preprocess.image import ImagePreprocessConfig
 
 
 def test_recorded_probabilities_are_the_layers():
@@ -41,11 +45,6 @@ def test_recorded_probabilities_are_the_layers():
 
 
 def test_target_tokens_follow_the_mask_through_every_crop(tmp_path):
-    from benchmarks.demo_attention_probe import target_tokens
-    from molmo_jax.preprocess import MolmoProcessor, MolmoTokenizer
-    from molmo_jax.preprocess.image import ImagePreprocessConfig
-    from tests.helpers import train_bpe_tokenizer
-
     tokenizer = MolmoTokenizer.from_pretrained(train_bpe_tokenizer(tmp_path))
     image = ImagePreprocessConfig(crop_size=140, overlap_margins=(2, 2), max_crops=4)  # the demo's
     proc = MolmoProcessor(tokenizer, image)
