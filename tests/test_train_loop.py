@@ -128,6 +128,7 @@ def test_every_config_and_preset_builds(name, preset):
     validate(c)
 
 
+@pytest.mark.slow  # ~25 s on 2 cores
 def test_dry_run_memory_reports_per_device_sizes():
     from molmo_jax.train.loop import dry_run_memory
 

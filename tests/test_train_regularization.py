@@ -110,6 +110,7 @@ def _numpy_aux(logits: np.ndarray, k: int, valid: np.ndarray) -> tuple[float, fl
     return e / (n_layers * n * k) * lb, z / n_layers
 
 
+@pytest.mark.slow  # ~30 s on 2 cores
 def test_moe_aux_losses_match_numpy_and_enter_the_loss():
     config = tiny("olmoe")
     batch = _batch(config)

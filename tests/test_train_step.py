@@ -70,6 +70,7 @@ def _reference_loss(model, batch, z=1e-4):
     return float(jnp.sum((nll + z * lse2) * w) / jnp.sum(w))
 
 
+@pytest.mark.slow  # three jitted steps of the tiny model: ~45 s on 2 cores
 def test_loss_matches_full_logit_definition_and_budget():
     config, model, _, params, tx, step = _setup()
     batch = _batch(config)
@@ -85,6 +86,7 @@ def test_loss_matches_full_logit_definition_and_budget():
     assert int(m3["loss_tokens_dropped"]) > 0  # a too-small budget is reported, not hidden
 
 
+@pytest.mark.slow  # ~25 s on 2 cores
 def test_grad_accumulation_equals_one_big_batch():
     config, _, _, params, tx, step1 = _setup(accum=1)
     *_, step4 = _setup(accum=4)
