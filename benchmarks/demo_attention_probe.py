@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from molmo_jax.checkpoints.hf import load_pretrained
-from molmo_jax.data import prepare
-from molmo_jax.data.pipeline import IMAGE_KEYS, fit_batch, resolve_task
-from molmo_jax.eval.evaluate import blank_like
+from molmo_jax.data.pipeline import IMAGE_KEYS, fit_batch
+from molmo_jax.eval.heldout_loss import heldout_examples
 from molmo_jax.model import llm
 from molmo_jax.preprocess.image import image_to_inputs, normalize_pixels
 from molmo_jax.preprocess.processor import MolmoProcessor
@@ -66,18 +65,12 @@ def batch_of(
 ) -> tuple[dict, list[np.ndarray | None]]:
     """The first `n` held-out examples as one batch, and each one's asked-for objects as one
     ``[H, W]`` mask (None where there is none)."""
-    resolved = resolve_task(task, data_dir)
-    source = prepare.open_prepared(data_dir, resolved.prepared, "validation")
     examples, masks = [], []
-    for i in range(min(n, len(source))):
-        rng = np.random.RandomState(i)
-        example = resolved(source[i], rng)
+    for example, processed in heldout_examples(processor, data_dir, task, max_examples=n, blank_images=blank):
         object_masks = example.get("metadata", {}).get("masks")
         # None also for scenes without an asked-for object (their answer has no points)
         masks.append(np.asarray(object_masks, bool).any(0) if object_masks else None)
-        if blank:
-            example = dict(example, image=blank_like(example["image"]))
-        examples.append(processor.process_example(example, for_inference=False, rng=rng))
+        examples.append(processed)
     cfg = processor.image_config
     length = max(len(e["input_ids"]) for e in examples)
     crops = max(len(e["images"]) for e in examples)

@@ -7,7 +7,9 @@ soon as the model draws any information from its images. Comparing ``blank_image
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,33 @@ def _summed_nll(model, batch: dict) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(jnp.where(scored, nll * weights, 0.0)), jnp.sum(jnp.where(scored, weights, 0.0))
 
 
+def heldout_examples(
+    processor,
+    data_dir: str | os.PathLike,
+    task: str,
+    *,
+    split: str = "validation",
+    max_examples: int | None = None,
+    blank_images: bool = False,
+    seed: int = 0,
+) -> Iterator[tuple[dict, dict]]:
+    """(task example, processed example) for the first `max_examples` records of `task`'s `split`, in
+    record order, one at a time; record i draws its randomness from ``RandomState(seed + i)``, the
+    same with and without `blank_images` (the task example keeps the real image)."""
+    resolved = resolve_task(task, data_dir)
+    source = prepare.open_prepared(data_dir, resolved.prepared, split)
+    total = len(source) if max_examples is None else min(len(source), int(max_examples))
+    if total == 0:
+        raise ValueError(f"{task}: split {split!r} of {data_dir} has no examples")
+    for i in range(total):
+        rs = np.random.RandomState(seed + i)
+        example = resolved(source[i], rs)
+        shown = example
+        if blank_images and example.get("image") is not None:
+            shown = dict(example, image=blank_like(example["image"]))
+        yield example, processor.process_example(shown, for_inference=False, rng=rs)
+
+
 def heldout_loss(
     model,
     processor,
@@ -47,24 +76,15 @@ def heldout_loss(
 ) -> dict[str, float]:
     """Mean cross-entropy per answer token of `task`'s `split` (examples in record order; the same
     per-example randomness with and without `blank_images`). Returns loss, tokens and examples."""
-    resolved = resolve_task(task, data_dir)
-    source = prepare.open_prepared(data_dir, resolved.prepared, split)
-    total = len(source) if max_examples is None else min(len(source), int(max_examples))
-    if total == 0:
-        raise ValueError(f"{task}: split {split!r} of {data_dir} has no examples")
+    kw = dict(split=split, max_examples=max_examples, blank_images=blank_images, seed=seed)
+    pairs = heldout_examples(processor, data_dir, task, **kw)
     icfg = processor.image_config
     crops = max_crops if max_crops is not None else icfg.max_crops + 1
     shape = (sequence_length, crops, icfg.patches_per_crop, icfg.patch_dim, icfg.tokens_per_crop)
-    nll_sum, tokens = 0.0, 0.0
-    for start in range(0, total, batch_size):
-        examples = []
-        for i in range(start, min(start + batch_size, total)):
-            rs = np.random.RandomState(seed + i)
-            example = resolved(source[i], rs)
-            if blank_images and example.get("image") is not None:
-                example = dict(example, image=blank_like(example["image"]))
-            examples.append(processor.process_example(example, for_inference=False, rng=rs))
-        batch = fit_batch(examples, batch_size, shape)
+    nll_sum, tokens, total = 0.0, 0.0, 0
+    while chunk := list(itertools.islice(pairs, batch_size)):
+        total += len(chunk)
+        batch = fit_batch([processed for _, processed in chunk], batch_size, shape)
         keys = ("input_ids", "target_tokens", "loss_masks", "position_ids", *IMAGE_KEYS)
         s, n = _summed_nll(model, {k: jnp.asarray(batch[k]) for k in keys if k in batch})
         nll_sum, tokens = nll_sum + float(s), tokens + float(n)
