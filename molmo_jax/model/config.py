@@ -15,7 +15,10 @@ from typing import Any
 LLM_FAMILIES = ("qwen2", "olmo", "olmoe")
 POOLING_KINDS = ("attention_meanq",)
 PADDING_EMBED_KINDS = ("pad_and_partial_pad", "pad_embed", "regress", "none")
-CONNECTOR_INITS = ("normal", "fan_in")
+# Random initialisation of a freshly built tower (loaded checkpoints replace it): "normal" is the
+# released models' N(0, 0.02) (`initializer_range`); "fan_in" scales with the width (see layers.kernel_init).
+WEIGHT_INITS = ("normal", "fan_in")
+CONNECTOR_INITS = WEIGHT_INITS
 PROJECTOR_KINDS = ("mlp",)
 MOE_IMPLS = ("ragged", "dense")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -53,8 +56,13 @@ class VisionConfig:
     # (aspect-preserving letterbox, CLIP), "siglip", "dino", "metaclip" (direct resizes).
     resize_mode: str = "default"
     layer_scale: bool = False  # LayerScale on both residual branches (DINOv2)
+    # Random init (training from scratch only): "normal" N(0, 0.02) as CLIP's released weights are
+    # described by their config; "fan_in" kernels N(0, 1/fan_in), class and position embeddings
+    # N(0, 1/width) as CLIP initialises its ViT (layers.kernel_init).
+    init: str = "normal"
 
     def __post_init__(self):
+        _check_choice("vision.init", self.init, WEIGHT_INITS)
         # `kind` names a registered tower (molmo_jax.model.vit.VISION_TOWERS), checked when it is built.
         _check_choice("vision.activation", self.activation, ("quick_gelu", "gelu", "gelu_tanh"))
         if self.image_size[0] % self.patch_size or self.image_size[1] % self.patch_size:
@@ -129,9 +137,15 @@ class LLMConfig:
     # 1 - residual_dropout. 0 disables it (inference and the checkpoint configs).
     residual_dropout: float = 0.0
     response_residual_dropout: float = 0.0
+    # Random init (training from scratch only): "normal" N(0, 0.02) everywhere, the released models'
+    # initializer_range; "fan_in" kernels N(0, 1/fan_in) and token embeddings N(0, 1)
+    # (layers.kernel_init). At small widths 0.02 is far below 1/sqrt(d_model) and attention starts
+    # almost uniform.
+    init: str = "normal"
 
     def __post_init__(self):
         _check_choice("llm.family", self.family, LLM_FAMILIES)
+        _check_choice("llm.init", self.init, WEIGHT_INITS)
         _check_choice("llm.moe_impl", self.moe_impl, MOE_IMPLS)
         for key in ("residual_dropout", "response_residual_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:

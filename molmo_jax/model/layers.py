@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -15,6 +16,22 @@ Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 normal_init = jax.nn.initializers.normal
 zeros_init = jax.nn.initializers.zeros
 ones_init = jax.nn.initializers.ones
+
+
+def kernel_init(mode: str, fan_in: int, residual_depth: int = 0) -> Initializer:
+    """A kernel's random init: N(0, 0.02) for "normal" (the released models' initializer_range), or
+    N(0, 1/fan_in) for "fan_in", which keeps activations at unit scale whatever the width. With
+    "fan_in", `residual_depth` > 0 marks the last projection of a residual branch in a stack of that
+    many blocks: its std is further divided by sqrt(2 * depth), so the residual stream does not grow
+    with depth."""
+    if mode == "normal":
+        return normal_init(0.02)
+    if mode != "fan_in":
+        raise ValueError(f"unknown init {mode!r}; choose 'normal' or 'fan_in'")
+    std = 1 / math.sqrt(fan_in)
+    if residual_depth:
+        std /= math.sqrt(2 * residual_depth)
+    return normal_init(std)
 
 
 def param(

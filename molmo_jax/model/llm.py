@@ -15,7 +15,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from molmo_jax.model.config import LLMConfig
-from molmo_jax.model.layers import RMSNorm, call_rematerialized, normal_init, param, shard, zeros_init
+from molmo_jax.model.layers import (
+    RMSNorm,
+    call_rematerialized,
+    kernel_init,
+    normal_init,
+    param,
+    shard,
+    zeros_init,
+)
 from molmo_jax.model.moe import MoEFeedForward, moe_aux_losses
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -49,11 +57,11 @@ class Attention(nnx.Module):
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
         self.config = config
-        init = normal_init(0.02)
+        init, out_init = kernel_init(config.init, d), kernel_init(config.init, n * h, config.num_layers)
         self.q = param(rngs, init, (d, n, h), ("embed", "q_heads", "head_dim"), param_dtype)
         self.k = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
         self.v = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
-        self.o = param(rngs, init, (n, h, d), ("q_heads", "head_dim", "embed"), param_dtype)
+        self.o = param(rngs, out_init, (n, h, d), ("q_heads", "head_dim", "embed"), param_dtype)
         if config.qkv_bias:
             self.q_bias = param(rngs, zeros_init, (n, h), ("q_heads", "head_dim"), param_dtype)
             self.k_bias = param(rngs, zeros_init, (k, h), ("kv_heads", "head_dim"), param_dtype)
@@ -114,10 +122,10 @@ class SwiGLU(nnx.Module):
 
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         d, f = config.d_model, config.mlp_hidden
-        init = normal_init(0.02)
+        init, out_init = kernel_init(config.init, d), kernel_init(config.init, f, config.num_layers)
         self.gate = param(rngs, init, (d, f), ("embed", "mlp"), param_dtype)
         self.up = param(rngs, init, (d, f), ("embed", "mlp"), param_dtype)
-        self.down = param(rngs, init, (f, d), ("mlp", "embed"), param_dtype)
+        self.down = param(rngs, out_init, (f, d), ("mlp", "embed"), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
@@ -192,16 +200,18 @@ class Decoder(nnx.Module):
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = config
         d = config.d_model
-        init = normal_init(0.02)
-        self.embedding = param(rngs, init, (config.embedding_size, d), ("vocab", "embed"), param_dtype)
+        embed_init = normal_init(0.02 if config.init == "normal" else 1.0)
+        self.embedding = param(rngs, embed_init, (config.embedding_size, d), ("vocab", "embed"), param_dtype)
         self.new_embedding = param(
-            rngs, init, (config.additional_vocab_size, d), ("new_vocab", "embed"), param_dtype
+            rngs, embed_init, (config.additional_vocab_size, d), ("new_vocab", "embed"), param_dtype
         )
         self.blocks = nnx.List(
             [DecoderBlock(config, rngs=rngs, param_dtype=param_dtype) for _ in range(config.num_layers)]
         )
         self.ln_f = RMSNorm(d, eps=config.norm_eps, rngs=rngs, param_dtype=param_dtype)
-        self.lm_head = param(rngs, init, (d, config.embedding_size), ("embed", "vocab"), param_dtype)
+        self.lm_head = param(
+            rngs, kernel_init(config.init, d), (d, config.embedding_size), ("embed", "vocab"), param_dtype
+        )
 
     def embed(self, input_ids: jax.Array, dtype) -> jax.Array:
         """Token ids `[B, T]` (-1 = padding, read as 0) -> `[B, T, D]`; ids >= embedding_size index

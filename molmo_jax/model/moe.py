@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from molmo_jax.model.config import LLMConfig
-from molmo_jax.model.layers import normal_init, param, shard
+from molmo_jax.model.layers import kernel_init, param, shard
 
 
 def route(router_logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
@@ -58,11 +58,11 @@ class MoEFeedForward(nnx.Module):
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         e, d, h = config.moe_num_experts, config.d_model, config.moe_hidden
         self.top_k, self.impl = config.moe_top_k, config.moe_impl
-        init = normal_init(0.02)
+        init, out_init = kernel_init(config.init, d), kernel_init(config.init, h, config.num_layers)
         self.router = param(rngs, init, (d, e), ("embed", None), param_dtype)
         self.gate = param(rngs, init, (e, d, h), ("experts", "embed", "expert_mlp"), param_dtype)
         self.up = param(rngs, init, (e, d, h), ("experts", "embed", "expert_mlp"), param_dtype)
-        self.down = param(rngs, init, (e, h, d), ("experts", "expert_mlp", "embed"), param_dtype)
+        self.down = param(rngs, out_init, (e, h, d), ("experts", "expert_mlp", "embed"), param_dtype)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """x `[B, T, d]` -> (y `[B, T, d]`, {router_logits, topk_prob, topk_idx})."""

@@ -22,6 +22,7 @@ from molmo_jax.model.layers import (
     activation,
     attention_weights,
     call_rematerialized,
+    kernel_init,
     normal_init,
     param,
     shard,
@@ -58,10 +59,12 @@ class ViTAttention(nnx.Module):
         inner = config.num_heads * config.head_dim
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
         kw = dict(use_bias=True, rngs=rngs, param_dtype=param_dtype)
-        self.wq = Dense(config.width, inner, axes=("vit_embed", "vit_heads"), **kw)
-        self.wk = Dense(config.width, inner, axes=("vit_embed", "vit_heads"), **kw)
-        self.wv = Dense(config.width, inner, axes=("vit_embed", "vit_heads"), **kw)
-        self.wo = Dense(inner, config.width, axes=("vit_heads", "vit_embed"), **kw)
+        w_in = kernel_init(config.init, config.width)
+        w_out = kernel_init(config.init, inner, config.num_layers)
+        self.wq = Dense(config.width, inner, axes=("vit_embed", "vit_heads"), init=w_in, **kw)
+        self.wk = Dense(config.width, inner, axes=("vit_embed", "vit_heads"), init=w_in, **kw)
+        self.wv = Dense(config.width, inner, axes=("vit_embed", "vit_heads"), init=w_in, **kw)
+        self.wo = Dense(inner, config.width, axes=("vit_heads", "vit_embed"), init=w_out, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, t, _ = x.shape
@@ -77,8 +80,10 @@ class ViTAttention(nnx.Module):
 class ViTMLP(nnx.Module):
     def __init__(self, config: VisionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         kw = dict(use_bias=True, rngs=rngs, param_dtype=param_dtype)
-        self.w1 = Dense(config.width, config.mlp_dim, axes=("vit_embed", "vit_mlp"), **kw)
-        self.w2 = Dense(config.mlp_dim, config.width, axes=("vit_mlp", "vit_embed"), **kw)
+        w1 = kernel_init(config.init, config.width)
+        w2 = kernel_init(config.init, config.mlp_dim, config.num_layers)
+        self.w1 = Dense(config.width, config.mlp_dim, axes=("vit_embed", "vit_mlp"), init=w1, **kw)
+        self.w2 = Dense(config.mlp_dim, config.width, axes=("vit_mlp", "vit_embed"), init=w2, **kw)
         self.act = activation(config.activation)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -125,14 +130,14 @@ class CLIPViT(nnx.Module):
             use_bias=config.patch_bias,
             rngs=rngs,
             param_dtype=param_dtype,
+            init=kernel_init(config.init, config.patch_dim),
         )
+        embed_init = normal_init(0.02 if config.init == "normal" else width**-0.5)
         self.class_embedding = (
-            param(rngs, normal_init(0.02), (width,), ("vit_embed",), param_dtype)
-            if config.use_cls_token
-            else None
+            param(rngs, embed_init, (width,), ("vit_embed",), param_dtype) if config.use_cls_token else None
         )
         self.positional_embedding = param(
-            rngs, normal_init(0.02), (num_pos, width), ("vit_pos", "vit_embed"), param_dtype
+            rngs, embed_init, (num_pos, width), ("vit_pos", "vit_embed"), param_dtype
         )
         self.pre_ln = (
             LayerNorm(width, eps=config.norm_eps, rngs=rngs, param_dtype=param_dtype)

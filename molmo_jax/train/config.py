@@ -12,7 +12,7 @@ import re
 
 import ml_collections
 
-from molmo_jax.model.config import PRESETS, ConfigError
+from molmo_jax.model.config import PRESETS, WEIGHT_INITS, ConfigError
 
 STAGES = ("stage1", "stage2", "finetune")
 # Per-group peak learning rates and warmups of the two stages (MOLMO_SPEC §8.2, §8.3).
@@ -71,6 +71,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
             checkpoint="",  # HF-layout Molmo folder for init=checkpoint / backbones (convert CLI output)
             tokenizer="",  # tokenizer folder or name; default: the checkpoint's
             vocab_from_tokenizer=False,  # size the (scratch) vocabulary to the tokenizer
+            # init=scratch only: "" keeps the preset's random init; "normal" (N(0, 0.02), the released
+            # models') or "fan_in" (width-scaled, model.layers.kernel_init) for ViT, connector and LLM.
+            weight_init="",
             crop_chunk=-1,
             remat=("vit", "llm"),  # recompute block activations in the backward pass, as the original
         )
@@ -183,6 +186,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
         c.model.init == "scratch" or bool(c.model.checkpoint),
         "model.checkpoint",
         f"is required with model.init={c.model.init!r}",
+    )
+    weight_init = c.model.get("weight_init", "")
+    need(weight_init in ("", *WEIGHT_INITS), "model.weight_init", f"must be '' or one of {WEIGHT_INITS}")
+    need(
+        not weight_init or c.model.init == "scratch",
+        "model.weight_init",
+        f"sets the random init, so it needs model.init='scratch' (got {c.model.init!r})",
     )
     need(c.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16")
     need(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")

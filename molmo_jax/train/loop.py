@@ -78,7 +78,7 @@ def build_processor(c: ml_collections.ConfigDict):
 def build_model_config(c: ml_collections.ConfigDict, processor):
     """The preset's model, or the checkpoint's own config when starting from one."""
     if c.model.init == "scratch":
-        cfg = get_preset(c.model.preset)
+        cfg = with_weight_init(get_preset(c.model.preset), c.model.get("weight_init", ""))
     else:
         cfg = from_hf_config(Path(c.model.checkpoint) / "config.json")
     cfg = with_training_settings(cfg, c)
@@ -87,6 +87,17 @@ def build_model_config(c: ml_collections.ConfigDict, processor):
         size = int(math.ceil(base / 128) * 128)
         cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, vocab_size=base, embedding_size=size))
     return cfg
+
+
+def with_weight_init(cfg, mode: str):
+    """The preset with every tower's random init set to `mode` ("" keeps the preset's own)."""
+    if not mode:
+        return cfg
+    return cfg.replace(
+        vision=dataclasses.replace(cfg.vision, init=mode),
+        connector=dataclasses.replace(cfg.connector, init=mode),
+        llm=dataclasses.replace(cfg.llm, init=mode),
+    )
 
 
 def with_training_settings(cfg, c: ml_collections.ConfigDict):
