@@ -4,6 +4,7 @@ control -> report, for the `demo` model preset on one CPU (about 15 minutes on 2
 Run:
     python -m molmo_jax.cli.demo --config=configs/demo.py --out=demo_out [--fresh]
     python -m molmo_jax.cli.demo --config=configs/demo.py --config.stage2.train.steps=800  # any field
+    python -m molmo_jax.cli.demo --config.stage1.model.weight_init=fan_in  # width-scaled random init
 
 `stage1` and `stage2` are ordinary trainer configs (`configs/stage1_caption.py`, `stage2_multitask.py`)
 whose data, tokenizer and checkpoint paths the demo fills in; `eval` is an `configs/eval.py` config.
