@@ -16,7 +16,7 @@ LLM_FAMILIES = ("qwen2", "olmo", "olmoe")
 POOLING_KINDS = ("attention_meanq",)
 PADDING_EMBED_KINDS = ("pad_and_partial_pad", "pad_embed", "regress", "none")
 # Random initialisation of a freshly built tower (loaded checkpoints replace it): "normal" is the
-# released models' N(0, 0.02) (`initializer_range`); "fan_in" scales with the width (see layers.kernel_init).
+# released models' std 0.02 (`initializer_range`); "fan_in" scales with the width (layers.kernel_init).
 WEIGHT_INITS = ("normal", "fan_in")
 CONNECTOR_INITS = WEIGHT_INITS
 PROJECTOR_KINDS = ("mlp",)
@@ -56,9 +56,9 @@ class VisionConfig:
     # (aspect-preserving letterbox, CLIP), "siglip", "dino", "metaclip" (direct resizes).
     resize_mode: str = "default"
     layer_scale: bool = False  # LayerScale on both residual branches (DINOv2)
-    # Random init (training from scratch only): "normal" N(0, 0.02) as CLIP's released weights are
-    # described by their config; "fan_in" kernels N(0, 1/fan_in), class and position embeddings
-    # N(0, 1/width) as CLIP initialises its ViT (layers.kernel_init).
+    # Random init (training from scratch only): "normal" std 0.02 everywhere, as the recipes
+    # initialise every tower; "fan_in" kernels std 1/sqrt(fan_in), class and position embeddings std
+    # 1/sqrt(width), as CLIP initialises its ViT (layers.kernel_init).
     init: str = "normal"
 
     def __post_init__(self):
@@ -137,8 +137,8 @@ class LLMConfig:
     # 1 - residual_dropout. 0 disables it (inference and the checkpoint configs).
     residual_dropout: float = 0.0
     response_residual_dropout: float = 0.0
-    # Random init (training from scratch only): "normal" N(0, 0.02) everywhere, the released models'
-    # initializer_range; "fan_in" kernels N(0, 1/fan_in) and token embeddings N(0, 1)
+    # Random init (training from scratch only): "normal" std 0.02 everywhere, the released models'
+    # initializer_range; "fan_in" kernels std 1/sqrt(fan_in) and token embeddings std 1
     # (layers.kernel_init). At small widths 0.02 is far below 1/sqrt(d_model) and attention starts
     # almost uniform.
     init: str = "normal"

@@ -19,8 +19,9 @@ ones_init = jax.nn.initializers.ones
 
 
 def kernel_init(mode: str, fan_in: int, residual_depth: int = 0) -> Initializer:
-    """A kernel's random init: N(0, 0.02) for "normal" (the released models' initializer_range), or
-    N(0, 1/fan_in) for "fan_in", which keeps activations at unit scale whatever the width. With
+    """A kernel's random init: normal with std 0.02 for "normal" (the released models'
+    initializer_range), or std 1/sqrt(fan_in) for "fan_in", which keeps activations at unit scale
+    whatever the width. With
     "fan_in", `residual_depth` > 0 marks the last projection of a residual branch in a stack of that
     many blocks: its std is further divided by sqrt(2 * depth), so the residual stream does not grow
     with depth."""
