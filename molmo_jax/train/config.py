@@ -71,7 +71,7 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
             checkpoint="",  # HF-layout Molmo folder for init=checkpoint / backbones (convert CLI output)
             tokenizer="",  # tokenizer folder or name; default: the checkpoint's
             vocab_from_tokenizer=False,  # size the (scratch) vocabulary to the tokenizer
-            # init=scratch only: "" keeps the preset's random init; "normal" (N(0, 0.02), the released
+            # init=scratch only: "" keeps the preset's random init; "normal" (std 0.02, the released
             # models') or "fan_in" (width-scaled, model.layers.kernel_init) for ViT, connector and LLM.
             weight_init="",
             crop_chunk=-1,
