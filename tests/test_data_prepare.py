@@ -118,6 +118,18 @@ def test_caption_dataset_without_hashes_is_verified_by_decoding(tmp_path):
     ]
 
 
+def test_preparing_leaves_nothing_in_the_system_temp_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    recs = [{"image": jpeg_bytes(16, 16, i), "image_url": f"u{i}", "annotations": []} for i in range(2)]
+    prepare.write_prepared(tmp_path / "out", "leftovers", {"train": recs})
+    assert len(prepare.open_prepared(tmp_path / "out", "leftovers")) == 2
+    assert list(system_tmp.iterdir()) == []
+
+
 def test_deleted_or_truncated_shards_are_named(tmp_path):
     recs = [
         {

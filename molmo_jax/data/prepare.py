@@ -216,6 +216,11 @@ def write_prepared(
     dataset_name = name
     split_records = {k: v for k, v in splits.items() if len(v)}
 
+    class _LocalInfo(tfds.core.DatasetInfo):
+        def initialize_from_bucket(self) -> None:
+            """No published metadata to fetch for a local dataset. (TFDS's own version makes a
+            folder in the system temp dir per builder and leaves it behind.)"""
+
     class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = dataset_name
         VERSION = tfds.core.Version(PREPARED_VERSION)
@@ -224,7 +229,7 @@ def write_prepared(
         __module__ = "molmo_prepared"
 
         def _info(self):
-            return tfds.core.DatasetInfo(
+            return _LocalInfo(
                 builder=self,
                 features=_features(),
                 disable_shuffling=True,
