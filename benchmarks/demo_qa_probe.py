@@ -3,7 +3,7 @@
 The demo's synthetic AskModelAnything rows ask short questions with one templated answer each ("What
 colour is the heart?" -> "The heart is brown."), so an exact match is a fair score. The questions are
 posed as in training (``user_qa`` style, "how many" questions with a seeded no-pointing prefix), with
-the real images and then with blank ones; a few answers are printed.
+the real images and then with blank (black) ones, as the demo's control; a few answers are printed.
 
     python benchmarks/demo_qa_probe.py demo_out/stage2/run/hf [--data demo_out/data/raw] [--n 160]
 """
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from molmo_jax.checkpoints.hf import load_pretrained
+from molmo_jax.eval.evaluate import blank_like
 from molmo_jax.infer.generate import generate
 from molmo_jax.model.molmo import Molmo
 from molmo_jax.preprocess.formatting import no_point_prefix
@@ -42,7 +43,7 @@ def score(
         chunk = rows[start : start + batch]
         images = [np.asarray(Image.open(urlparse(r["image_url"]).path).convert("RGB")) for r in chunk]
         if blank:
-            images = [np.full_like(im, 255) for im in images]
+            images = [blank_like(im) for im in images]
         prompts = [no_point_prefix(r["question"], rng) for r in chunk]
         out = generate(model, processor, images, prompts, max_new_tokens=32, style="user_qa")
         for r, answer in zip(chunk, out.texts):
