@@ -18,21 +18,25 @@ zeros_init = jax.nn.initializers.zeros
 ones_init = jax.nn.initializers.ones
 
 
-def kernel_init(mode: str, fan_in: int, residual_depth: int = 0) -> Initializer:
-    """A kernel's random init: normal with std 0.02 for "normal" (the released models'
-    initializer_range), or std 1/sqrt(fan_in) for "fan_in", which keeps activations at unit scale
-    whatever the width. With
-    "fan_in", `residual_depth` > 0 marks the last projection of a residual branch in a stack of that
-    many blocks: its std is further divided by sqrt(2 * depth), so the residual stream does not grow
-    with depth."""
+def weight_init(mode: str, fan_in_std: float) -> Initializer:
+    """A random init: normal with std 0.02 for "normal" (the released models' initializer_range), or
+    with std `fan_in_std` for "fan_in"."""
     if mode == "normal":
         return normal_init(0.02)
     if mode != "fan_in":
         raise ValueError(f"unknown init {mode!r}; choose 'normal' or 'fan_in'")
+    return normal_init(fan_in_std)
+
+
+def kernel_init(mode: str, fan_in: int, residual_depth: int = 0) -> Initializer:
+    """A kernel's random init (`weight_init`): for "fan_in" std 1/sqrt(fan_in), which keeps
+    activations at unit scale whatever the width. `residual_depth` > 0 marks the last projection of a
+    residual branch in a stack of that many blocks: its "fan_in" std is further divided by
+    sqrt(2 * depth), so the residual stream does not grow with depth."""
     std = 1 / math.sqrt(fan_in)
     if residual_depth:
         std /= math.sqrt(2 * residual_depth)
-    return normal_init(std)
+    return weight_init(mode, std)
 
 
 def param(

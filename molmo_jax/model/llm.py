@@ -19,9 +19,9 @@ from molmo_jax.model.layers import (
     RMSNorm,
     call_rematerialized,
     kernel_init,
-    normal_init,
     param,
     shard,
+    weight_init,
     zeros_init,
 )
 from molmo_jax.model.moe import MoEFeedForward, moe_aux_losses
@@ -200,7 +200,7 @@ class Decoder(nnx.Module):
     def __init__(self, config: LLMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = config
         d = config.d_model
-        embed_init = normal_init(0.02 if config.init == "normal" else 1.0)
+        embed_init = weight_init(config.init, 1.0)
         self.embedding = param(rngs, embed_init, (config.embedding_size, d), ("vocab", "embed"), param_dtype)
         self.new_embedding = param(
             rngs, embed_init, (config.additional_vocab_size, d), ("new_vocab", "embed"), param_dtype

@@ -23,9 +23,9 @@ from molmo_jax.model.layers import (
     attention_weights,
     call_rematerialized,
     kernel_init,
-    normal_init,
     param,
     shard,
+    weight_init,
 )
 
 VISION_TOWERS: dict[str, Callable[..., nnx.Module]] = {}
@@ -132,7 +132,7 @@ class CLIPViT(nnx.Module):
             param_dtype=param_dtype,
             init=kernel_init(config.init, config.patch_dim),
         )
-        embed_init = normal_init(0.02 if config.init == "normal" else width**-0.5)
+        embed_init = weight_init(config.init, width**-0.5)
         self.class_embedding = (
             param(rngs, embed_init, (width,), ("vit_embed",), param_dtype) if config.use_cls_token else None
         )
