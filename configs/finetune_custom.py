@@ -25,6 +25,11 @@ Run (the `:ARG` is `PRESET[,lora]`; `lora` turns on `config.lora.enabled`, as
     python -m molmo_jax.cli.train --config=configs/finetune_custom.py:molmo_7b_d,lora --workdir=runs/lora \\
         --config.model.checkpoint=path/to/Molmo-7B-D-0924 --config.data.data_dir=data/ \\
         [--config.lora.rank=32] [--config.lora.targets='("all_linear",)'] [--config.lora.export_merged=True]
+    # your data mixed with prepared PixMo tasks, 3:1 (tasks outside the recipe's groups need weights)
+    python -m molmo_jax.cli.train --config=configs/finetune_custom.py:molmo_7b_d --workdir=runs/mix \\
+        --config.model.checkpoint=path/to/Molmo-7B-D-0924 --config.data.data_dir=data/ \\
+        --config.data.tasks='("my_dataset", "pixmo_points")' \\
+        --config.data.task_weights='{"my_dataset": 3, "pixmo_points": 1}'
     # memory per device of one step, nothing allocated (8 simulated devices: a v5e-8-like fsdp mesh)
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m molmo_jax.cli.train \\
         --config=configs/finetune_custom.py:molmo_7b_d,lora --workdir=/tmp/x --dry_run_memory \\

@@ -40,6 +40,7 @@ def prepared(tmp_path_factory):
     (root / "points.jsonl").write_text("\n".join(lines) + "\n")
     argv = ["jsonl", "--input", str(root / "points.jsonl"), "--out", str(root / "data")]
     assert prepare_main([*argv, "--name", "my_dataset", "--num_val", "0", "--quiet"]) == 0
+    assert prepare_main([*argv, "--name", "my_other", "--num_val", "0", "--quiet"]) == 0
     ckpt = root / "ckpt"
     ckpt.mkdir()
     golden_tiny_checkpoint(ckpt)
@@ -138,6 +139,22 @@ def test_full_finetune_same_config_runs(prepared, tmp_path):
     assert len(summary["history"]) == 2 and all(np.isfinite(h["loss"]) for h in summary["history"])
     assert "lr/llm" in summary["history"][0] and "lr/lora" not in summary["history"][0]
     assert (Path(summary["hf_checkpoint"]) / "model.safetensors").exists() and "adapters" not in summary
+
+
+@pytest.mark.slow
+def test_own_datasets_mix_with_explicit_weights(prepared, tmp_path):
+    from molmo_jax.train.loop import train
+
+    data, ckpt = prepared
+    c = _config(data, ckpt, arg="tiny", steps=2)
+    c.mesh.data = 1
+    c.data.tasks = ("my_dataset", "my_other")  # neither is in a recipe mixture group
+    with pytest.raises(ValueError, match="task 'my_dataset' is in no mixture group.*data.task_weights"):
+        train(c, tmp_path / "unweighted")
+    c.data.task_weights = {"my_dataset": 3, "my_other": 1}
+    summary = train(c, tmp_path / "weighted")
+    assert [h["step"] for h in summary["history"]] == [1, 2]
+    assert all(np.isfinite(h["loss"]) for h in summary["history"])
 
 
 def test_config_variants_and_lora_errors():

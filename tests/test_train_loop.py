@@ -13,6 +13,7 @@ from helpers import load_config, train_bpe_tokenizer
 
 from molmo_jax.model.config import ConfigError
 from molmo_jax.train.config import validate
+from molmo_jax.train.loop import pipeline_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,7 +97,9 @@ def test_resume_continues_exactly(synthetic, tmp_path):
         ("model.init", "random", "config.model.init='random'"),
         ("train.grad_accum_steps", 3, "config.train.grad_accum_steps=3: must divide data.batch_size=4"),
         ("optimizer.final_lr_fraction", 2.0, "config.optimizer.final_lr_fraction=2.0"),
-        ("data.tasks", [], "config.data.tasks=[]"),
+        ("data.tasks", [], "config.data.tasks=()"),
+        ("data.task_weights", {"pixmo_cap": 1.0}, "must give a weight to each task of data.tasks"),
+        ("data.task_weights", {"pixmo_cap_transcript": 0.0}, "weights must be positive numbers"),
     ],
 )
 def test_bad_config_values_are_named(key, value, message):
@@ -110,6 +113,35 @@ def test_bad_config_values_are_named(key, value, message):
         ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")
     ):
         validate(c)
+
+
+def test_task_weights_reach_the_pipeline_in_task_order():
+    c = _load_config("stage2_multitask", "tiny")
+    assert pipeline_tasks(c) == list(c.data.tasks)  # no weights: the recipe's mixture rates
+    c.model.checkpoint = "some/checkpoint"
+    c.data.tasks = ["pixmo_points", "pixmo_clocks"]
+    c.data.task_weights = dict(pixmo_clocks=1, pixmo_points=3)
+    validate(c)
+    assert pipeline_tasks(c) == {"pixmo_points": 3.0, "pixmo_clocks": 1.0}
+
+
+def test_tasks_and_weights_override_from_the_command_line():
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = [
+        "train",
+        f"--config={REPO / 'configs' / 'finetune_custom.py'}:tiny",
+        "--config.data.tasks=('my_dataset', 'pixmo_points')",
+        "--config.data.task_weights={'my_dataset': 3, 'pixmo_points': 1}",
+    ]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    values(argv)
+    c = values.config
+    c.model.checkpoint = "some/checkpoint"
+    validate(c)
+    assert pipeline_tasks(c) == {"my_dataset": 3.0, "pixmo_points": 1.0}
 
 
 def test_unknown_config_key_is_rejected():

@@ -161,7 +161,10 @@ def mixture_rates(
     group_of = {t: g for g in groups for t in g.tasks}
     for task, size in sizes.items():
         if task not in group_of:
-            raise ValueError(f"task {task!r} is in no mixture group ({', '.join(g.name for g in groups)})")
+            raise ValueError(
+                f"task {task!r} is in no mixture group ({', '.join(g.name for g in groups)}); give the "
+                "mixture explicit weights (a task -> weight mapping; the trainer's data.task_weights)"
+            )
         if size <= 0:
             raise ValueError(f"task {task!r} has size {size}")
     rates: dict[str, float] = {}

@@ -81,7 +81,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         dict(
             data_dir="",
-            tasks=list(recipe["tasks"]),
+            tasks=tuple(recipe["tasks"]),  # a tuple, so `--config.data.tasks='("a", "b")'` overrides it
+            # task -> sampling weight for every task of `tasks` (normalised); empty: the recipe's
+            # mixture rates (sqrt of the prepared sizes within the stage-2 groups)
+            task_weights={},
             sequence_length=2304,
             max_crops=12,
             crop_size=336,
@@ -197,6 +200,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16")
     need(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")
     need(len(c.data.tasks) > 0, "data.tasks", "needs at least one task")
+    weights = dict(c.data.get("task_weights") or {})
+    if weights:
+        need(
+            set(weights) == set(c.data.tasks),
+            "data.task_weights",
+            f"must give a weight to each task of data.tasks={list(c.data.tasks)} and no other",
+        )
+        need(
+            all(isinstance(w, (int, float)) and w > 0 for w in weights.values()),
+            "data.task_weights",
+            "weights must be positive numbers",
+        )
     need(c.data.sequence_length > 0, "data.sequence_length", "must be positive")
     need(c.data.max_crops > 0, "data.max_crops", "must be positive")
     need(c.data.batch_size > 0, "data.batch_size", "must be positive")

@@ -211,6 +211,13 @@ def jitted_lora_step(c: ml_collections.ConfigDict, graphdef, abstract_base, mesh
     return step, tx, (abstract_ad, ad_sh), (abstract_opt, opt_sh), base_sh
 
 
+def pipeline_tasks(c: ml_collections.ConfigDict) -> list[str] | dict[str, float]:
+    """`data.tasks` as the pipeline takes them: with `data.task_weights`, task -> weight; otherwise
+    the list (a mixture then samples at the recipe's rates)."""
+    weights = dict(c.data.get("task_weights") or {})
+    return {t: float(weights[t]) for t in c.data.tasks} if weights else list(c.data.tasks)
+
+
 def mesh_from_config(c: ml_collections.ConfigDict):
     """`config.mesh`: per-slice (ICI) degrees of the axes, and `config.mesh.dcn` across slices."""
     ici = {k: v for k, v in c.mesh.items() if k != "dcn"}
@@ -302,7 +309,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path, *, stop_after: int 
     if c.data.batch_size % n_proc:
         raise ValueError(f"config.data.batch_size={c.data.batch_size} is not divisible by {n_proc} processes")
     pipe = build_pipeline(
-        list(c.data.tasks),
+        pipeline_tasks(c),
         processor,
         PipelineConfig(
             batch_size=c.data.batch_size // n_proc,
